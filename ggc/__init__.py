@@ -1,0 +1,3 @@
+"""ggc: a ggml graph compiler."""
+
+__version__ = "0.1.0"

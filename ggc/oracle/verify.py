@@ -1,0 +1,90 @@
+"""`ggc verify`: llama.cpp's own node values against a rebuild of the captured graph.
+
+llama.cpp runs a real batch with the eval callback, which records every node's value and every
+leaf it read (inputs, KV cache). The captured graph is rebuilt in ggml from the IR alone (weights
+from the GGUF, inputs and state from the recording), computed, and compared node by node.
+Later backends plug in as another `Evaluator` over the same recording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..capture.llama import LlamaSession, Recording, SessionOptions
+from ..errors import GgcError
+from ..ir.graph import Graph, Tensor
+from .compare import NodeResult, compare
+from .rebuild import Rebuilt, leaf_source
+
+# An evaluator computes every node of a graph from leaf values and reports each node's bytes.
+Evaluator = Callable[[Graph, str, dict[str, bytes], Callable[[Tensor, bytes], None]], None]
+
+PREFIX_TOKENS = 4  # tokens decoded before the checked batch, so the KV cache holds history
+
+
+def ggml_evaluator(graph: Graph, gguf: str, leafs: dict[str, bytes], on_node: Callable[[Tensor, bytes], None]) -> None:
+    with Rebuilt(graph) as rb:
+        rb.bind_leafs(leaf_source(graph, gguf, leafs))
+        rb.run(on_node)
+
+
+@dataclass
+class VerifyResult:
+    graph: Graph
+    results: list[NodeResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+def record_llama(session: LlamaSession, graph: Graph, n_tokens: int, n_outputs: int, seed: int = 0) -> Recording:
+    """Decode a prefix, then record the checked batch of n_tokens real token ids."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_vocab = session.ll.llama_vocab_n_tokens(session.vocab)
+    prompt = session.tokenize("The quick brown fox jumps over the lazy dog, again and again and again.")
+    ids = prompt + [int(x) for x in rng.integers(3, n_vocab, size=PREFIX_TOKENS + n_tokens)]
+    session.decode(ids[:PREFIX_TOKENS], 0)
+    rec = session.decode(ids[PREFIX_TOKENS : PREFIX_TOKENS + n_tokens], PREFIX_TOKENS, n_outputs, record=True)
+    assert rec is not None
+    nodes = graph.nodes
+    if len(rec.nodes) != len(nodes) or any(n != t.name for (n, _), t in zip(rec.nodes, nodes)):
+        raise GgcError(
+            f"llama.cpp ran {len(rec.nodes)} nodes, the captured graph has {len(nodes)}: the graphs differ "
+            f"(is --ctx a multiple of 256 that llama.cpp fills to? verify needs n_kv == n_ctx)"
+        )
+    for (_, data), t in zip(rec.nodes, nodes):
+        if len(data) != t.nbytes:
+            raise GgcError(f"{t.label()}: llama.cpp's value has {len(data)} bytes, the captured node {t.nbytes}")
+    return rec
+
+
+def verify_model(
+    model: str | Path,
+    n_tokens: int,
+    n_outputs: int = 1,
+    opts: SessionOptions | None = None,
+    evaluator: Evaluator = ggml_evaluator,
+    graph_file: str | Path | None = None,
+) -> VerifyResult:
+    from ..formats import ggraph
+
+    with LlamaSession(model, opts) as s:
+        graph, _ = s.capture(n_tokens, n_outputs)
+        if graph_file is not None:
+            exported = ggraph.load(graph_file)
+            if ggraph.write(exported) != ggraph.write(graph):
+                raise GgcError(f"{graph_file}: this graph is not the one llama.cpp builds for {model} "
+                               f"with --tokens {n_tokens}")
+            graph = exported
+        rec = record_llama(s, graph, n_tokens, n_outputs)
+    expected = {t.id: data for t, (_, data) in zip(graph.nodes, rec.nodes)}
+    results: list[NodeResult] = []
+    evaluator(graph, str(model), rec.leafs, lambda t, out: results.append(compare(t, expected[t.id], out)))
+    if len(results) != len(graph.nodes):
+        raise GgcError(f"the evaluator reported {len(results)} of {len(graph.nodes)} nodes")
+    return VerifyResult(graph, results)
