@@ -1,0 +1,186 @@
+"""The `ggc` command: export, show, dot, verify, demo.
+
+Errors in the user's input or environment print one line, `ggc: error: ...`, and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import GgcError
+
+DEFAULT_ARCH = "llama"
+
+
+def _session_opts(a: argparse.Namespace):  # noqa: ANN202 - imported lazily
+    from .capture.llama import SessionOptions
+
+    return SessionOptions(n_ctx=a.ctx, n_batch=max(a.tokens, 1), flash_attn=a.flash_attn == "on",
+                          type_k=a.cache_type, type_v=a.cache_type)
+
+
+def _default_model() -> Path:
+    from .models.quantize import tiny_model
+
+    return tiny_model(DEFAULT_ARCH, "f16")
+
+
+def _model_arg(a: argparse.Namespace) -> Path:
+    if a.model is None:
+        p = _default_model()
+        print(f"ggc: using the built-in tiny {DEFAULT_ARCH} model (random weights): {p}", file=sys.stderr)
+        return p
+    return Path(a.model)
+
+
+def _is_legacy(path: Path) -> bool:
+    from .formats.legacy import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and int.from_bytes(head, "little") == MAGIC
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .formats import ggraph
+
+    src = _model_arg(a)
+    if _is_legacy(src):
+        from .formats.legacy import import_ggml
+
+        graph = import_ggml(src)
+    else:
+        from .capture.llama import LlamaSession
+
+        if not src.is_file():
+            raise GgcError(f"{src}: no such file")
+        with LlamaSession(src, _session_opts(a)) as s:
+            graph, _ = s.capture(a.tokens, a.outputs)
+    out = Path(a.output) if a.output else Path(src.stem + (f".t{a.tokens}" if not _is_legacy(src) else "") + ".ggraph")
+    ggraph.save(graph, out)
+    print(f"wrote {out}: {len(graph.tensors)} tensors, {len(graph.nodes)} nodes")
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .formats import ggraph
+    from .inspect import summarize
+
+    print(summarize(ggraph.load(a.file), top=a.top), end="")
+    return 0
+
+
+def cmd_dot(a: argparse.Namespace) -> int:
+    from .formats import ggraph
+    from .inspect import render
+
+    graph = ggraph.load(a.file)
+    out = Path(a.output or Path(a.file).with_suffix(".svg").name)
+    render(graph, out, a.format)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .oracle.compare import format_table
+    from .oracle.verify import verify_model
+
+    model = _model_arg(a)
+    t0 = time.perf_counter()
+    res = verify_model(model, a.tokens, a.outputs, _session_opts(a), graph_file=a.graph)
+    print(format_table(res.results))
+    what = "decode" if a.tokens == 1 else "prefill"
+    print(f"{model.name}: {what} N={a.tokens}, target ggml-cpu (rebuilt from the IR), "
+          f"{'PASS' if res.ok else 'FAIL'} in {time.perf_counter() - t0:.1f}s")
+    return 0 if res.ok else 1
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """The main job on the built-in model: export decode and prefill, show one, verify both."""
+    from .formats import ggraph
+    from .inspect import summarize
+    from .oracle.verify import verify_model
+
+    model = _default_model()
+    print(f"built-in model: {model} (tiny {DEFAULT_ARCH}, random weights)")
+    ok = True
+    for n in (1, 8):
+        a.tokens = n
+        out = Path(a.outdir) / f"{model.stem}.t{n}.ggraph"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        a.model = str(model)
+        a.output = str(out)
+        cmd_export(a)
+        if n == 1:
+            print(summarize(ggraph.load(out), top=5), end="")
+        res = verify_model(model, n, 1, _session_opts(a), graph_file=out)
+        worst = max(r.nmse for r in res.results)
+        print(f"verify N={n}: {sum(r.ok for r in res.results)}/{len(res.results)} nodes match ggml "
+              f"(worst NMSE {worst:.2e})")
+        ok &= res.ok
+    return 0 if ok else 1
+
+
+def _add_capture_opts(p: argparse.ArgumentParser, tokens_default: int | None) -> None:
+    p.add_argument("--tokens", "-n", type=int, default=tokens_default, required=tokens_default is None,
+                   help="batch size N: 1 is decode, more is prefill")
+    p.add_argument("--outputs", type=int, default=1, help="tokens of the batch that produce logits (default 1)")
+    p.add_argument("--ctx", type=int, default=256, help="KV cache size in cells (default 256)")
+    p.add_argument("--flash-attn", choices=("on", "off"), default="on")
+    p.add_argument("--cache-type", choices=("f16", "q8_0", "f32", "bf16"), default="f16", help="KV cache type")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ggc", description="ggml graph compiler")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("export", help="capture the graph llama.cpp builds for a GGUF (or import a legacy .ggml)")
+    p.add_argument("model", nargs="?", help="MODEL.gguf or a legacy .ggml graph (default: built-in tiny model)")
+    p.add_argument("-o", "--output", help="output .ggraph file")
+    _add_capture_opts(p, 1)
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("show", help="summarize a .ggraph file")
+    p.add_argument("file")
+    p.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("dot", help="draw a .ggraph file with Graphviz")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", help="output file (.svg, .png, .pdf or .dot)")
+    p.add_argument("--format", choices=("svg", "png", "pdf", "dot"))
+    p.set_defaults(fn=cmd_dot)
+
+    p = sub.add_parser("verify", help="check the captured graph node by node against llama.cpp")
+    p.add_argument("model", nargs="?", help="MODEL.gguf (default: built-in tiny model)")
+    p.add_argument("--graph", help="an exported .ggraph to check (must be the graph llama.cpp builds)")
+    _add_capture_opts(p, 1)
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("demo", help="export, show and verify the built-in tiny model")
+    p.add_argument("--outdir", default="ggc-demo", help="where the exported graphs go")
+    _add_capture_opts(p, 1)
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except GgcError as e:
+        print(f"ggc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ggc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
