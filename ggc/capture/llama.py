@@ -144,6 +144,7 @@ class LlamaSession:
         cgraph = self._reserve(self.ctx, n_tokens, 1, n_outputs)
         if not cgraph:
             raise GgcError("llama_graph_reserve failed")
+        self.last_cgraph = cgraph  # valid until the next capture
         graph, live = to_ir(self.g, cgraph, self.classify)
         graph.meta.update({
             "source": "llama.cpp",
@@ -155,9 +156,6 @@ class LlamaSession:
             "flash_attn": int(self.opts.flash_attn),
         })
         return graph, live
-
-    def reserve_pointer(self, n_tokens: int, n_outputs: int = 1) -> int:
-        return self._reserve(self.ctx, n_tokens, 1, n_outputs)
 
     # ---- running
     def _on_eval(self, t: int, ask: bool, _ud: int) -> bool:

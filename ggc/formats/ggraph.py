@@ -135,10 +135,10 @@ class _Cursor:
             raise self.error(f"expected {s!r}, got {got!r}")
         self.pos += len(s)
 
-    def word(self) -> tuple[str, int]:
-        """A run of characters up to a space, '=', ',', ']', '}' or '+'."""
+    def word(self, stop: str = " =,]}+[{") -> tuple[str, int]:
+        """A run of characters up to one of `stop` (by default a space, '=', ',', brackets or '+')."""
         start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] not in " =,]}+[{":
+        while self.pos < len(self.text) and self.text[self.pos] not in stop:
             self.pos += 1
         if self.pos == start:
             raise self.error("expected a value" if not self.eof() else "unexpected end of line")
@@ -152,13 +152,15 @@ class _Cursor:
             raise self.error(f"bad integer {w!r} for {what}", start) from None
 
     def f32(self, what: str) -> float:
-        w, start = self.word()
+        w, start = self.word(stop=" =,]}[{")  # '+' may appear in an exponent
         if w not in ("nan", "inf", "-inf") and not re.fullmatch(r"-?\d+(\.\d*)?(e[-+]?\d+)?", w):
             raise self.error(f"bad number {w!r} for {what}", start)
         x = float(w)
-        if not math.isinf(x) and abs(x) > float(np.finfo(np.float32).max):
+        with np.errstate(over="ignore"):
+            f = np.float32(x)
+        if np.isinf(f) and not math.isinf(x):
             raise self.error(f"{what}={w} does not fit a float32", start)
-        return float(np.float32(x))
+        return float(f)
 
     def string(self) -> str:
         if self.peek() != '"':
