@@ -14,6 +14,8 @@ import functools
 import re
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import GgcError
 
 GGML_MAX_DIMS = 4
@@ -128,6 +130,7 @@ class Ggml:
         _sig(b, "ggml_backend_tensor_get", None, vp, vp, sz, sz)
         _sig(b, "ggml_backend_graph_compute", i32, vp, vp)
         _sig(b, "ggml_backend_free", None, vp)
+        _sig(b, "ggml_quantize_chunk", sz, i32, C.POINTER(C.c_float), vp, i64, i64, i64, C.POINTER(C.c_float))
         _sig(self.cpu, "ggml_backend_cpu_init", vp)
         _sig(self.cpu, "ggml_backend_cpu_set_n_threads", None, vp, i32)
         self._check_enums()
@@ -187,6 +190,19 @@ class Ggml:
             return names.index(name)
         except ValueError:
             raise GgcError(f"this ggml has no {kind} op {name!r}") from None
+
+    def quantize(self, type_name: str, rows: np.ndarray) -> bytes:
+        """Quantize float32 rows (shape [n_rows, n_per_row]) with ggml's own quantizer."""
+        t = self.type_num[type_name]
+        x = np.ascontiguousarray(rows, dtype=np.float32)
+        n_rows, n_per_row = x.shape
+        size = self.base.ggml_type_size(t) * (n_per_row // self.base.ggml_blck_size(t)) * n_rows
+        out = C.create_string_buffer(size)
+        written = self.base.ggml_quantize_chunk(t, x.ctypes.data_as(C.POINTER(C.c_float)), out, 0, n_rows,
+                                                n_per_row, None)
+        if written != size:
+            raise GgcError(f"ggml_quantize_chunk wrote {written} bytes, expected {size}")
+        return out.raw
 
     def tensor(self, ptr: int) -> GgmlTensor:
         return GgmlTensor.from_address(ptr)
