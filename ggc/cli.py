@@ -18,7 +18,7 @@ DEFAULT_ARCH = "llama"
 def _session_opts(a: argparse.Namespace):  # noqa: ANN202 - imported lazily
     from .capture.llama import SessionOptions
 
-    return SessionOptions(n_ctx=a.ctx, n_batch=max(a.tokens, 1), flash_attn=a.flash_attn == "on",
+    return SessionOptions(n_ctx=a.ctx, n_batch=max(a.tokens, SessionOptions.n_batch), flash_attn=a.flash_attn == "on",
                           type_k=a.cache_type, type_v=a.cache_type)
 
 

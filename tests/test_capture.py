@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ggc.capture.llama import LlamaSession
+from ggc.capture.llama import LlamaSession, SessionOptions
 from ggc.capture.walk import compare_live
 from ggc.formats import ggraph
 from ggc.formats.gguf_file import read_gguf
@@ -61,6 +61,22 @@ def test_round_trip_and_live_graph(models: dict, arch: str, quant: str, n_tokens
     names = {t.name for t in parsed.leafs if "input" in t.flags}
     assert {"inp_tokens", "inp_pos"} <= names
     assert any("kq_mask" in n for n in names) and any("k_idxs" in n for n in names)
+
+
+CONFIGS = {
+    "no-flash-attn": SessionOptions(flash_attn=False),
+    "q8_0-cache": SessionOptions(type_k="q8_0", type_v="q8_0"),
+    "ctx-512": SessionOptions(n_ctx=512),
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_verify_other_configurations(models: dict, arch: str, config: str) -> None:
+    for n_tokens in (1, 8):
+        res = verify_model(models[arch, "q4_0"], n_tokens, opts=CONFIGS[config])
+        bad = [(r.tensor.label(), r.tensor.op, r.nmse) for r in res.results if not r.ok]
+        assert not bad, bad
 
 
 def test_verify_detects_a_wrong_graph(models: dict) -> None:

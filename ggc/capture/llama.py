@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes as C
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,32 @@ _RESERVE_SYMBOL = "_Z19llama_graph_reserveP13llama_contextjjj"
 
 @dataclass
 class Recording:
-    """What llama.cpp computed in one llama_decode: node values in execution order, leaf bytes by name."""
+    """What llama.cpp computed in one llama_decode.
+
+    nodes: each node's name and value, in execution order. leaf_reads: the bytes of each leaf a
+    node read, keyed by (node index, slot) where slot is "s<j>" for source j, "r<j>" for the
+    memory root of source j, and "v" for the node's own view parent. Leafs are keyed by where
+    they are used, not by name: llama.cpp gives different tensors the same name.
+    """
 
     nodes: list[tuple[str, bytes]] = field(default_factory=list)
-    leafs: dict[str, bytes] = field(default_factory=dict)
+    leaf_reads: dict[tuple[int, str], bytes] = field(default_factory=dict)
+
+    def leafs_by_id(self, graph: Graph) -> dict[int, bytes]:
+        """Resolve leaf reads to the IR tensor ids of the matching captured graph."""
+        nodes = graph.nodes
+        out: dict[int, bytes] = {}
+        for (k, slot), data in self.leaf_reads.items():
+            node = nodes[k]
+            if slot == "v":
+                t = node.view_src
+            else:
+                src = node.src[int(slot[1:])]
+                t = src if slot[0] == "s" else (src.view_src if src is not None else None)
+            if t is None or not t.is_leaf:
+                raise GgcError(f"{node.label()}: llama.cpp read a leaf in slot {slot} that the captured graph lacks")
+            out.setdefault(t.id, data)
+        return out
 
 
 @dataclass
@@ -61,7 +84,7 @@ class LlamaSession:
         self._reserve.restype = C.c_void_p
         self._reserve.argtypes = [C.c_void_p, C.c_uint32, C.c_uint32, C.c_uint32]
         ll.llama_backend_init()
-        ll.llama_log_set(_quiet_log, None)
+        quiet_llama_logs()
         mp = ll.llama_model_default_params()
         mp.n_gpu_layers = 0
         mp.use_extra_bufts = False  # ggml's plain CPU path: weight repacking crashed on tiny Q4_0 (AMX)
@@ -165,17 +188,15 @@ class LlamaSession:
         s = self.g.tensor(t)
         if ask:
             # Before the node runs, its leaf sources hold what llama.cpp set (inputs) or what
-            # earlier steps left (the KV cache): snapshot each leaf the first time it is seen.
-            for sp in list(s.src) + [s.view_src]:
-                if not sp:
-                    continue
-                src = self.g.tensor(sp)
-                root = src if not src.view_src else self.g.tensor(src.view_src)
-                for cand, cp in ((src, sp), (root, src.view_src or sp)):
-                    if self.g.op_names[cand.op] == "NONE":
-                        nm = cand.name.decode("utf-8", "replace")
-                        if nm not in rec.leafs and nm not in self.weight_names:
-                            rec.leafs[nm] = read_tensor_bytes(self.g, cp)
+            # earlier steps left (the KV cache): snapshot them, keyed by where they are read.
+            k = len(rec.nodes)
+            slots = [(f"s{j}", sp) for j, sp in enumerate(s.src) if sp]
+            slots += [(f"r{j}", self.g.tensor(sp).view_src) for j, sp in enumerate(s.src) if sp]
+            slots.append(("v", s.view_src))
+            for slot, p in slots:
+                if p and self.g.op_names[self.g.tensor(p).op] == "NONE" and (k, slot) not in rec.leaf_reads:
+                    if self.g.tensor(p).name.decode("utf-8", "replace") not in self.weight_names:
+                        rec.leaf_reads[k, slot] = read_tensor_bytes(self.g, p)
             return True
         rec.nodes.append((s.name.decode("utf-8", "replace"), read_tensor_bytes(self.g, t)))
         return True
@@ -184,6 +205,13 @@ class LlamaSession:
         """Run one batch through llama_decode; outputs for the last n_outputs tokens."""
         ll = self.ll
         n = len(tokens)
+        # llama.cpp asserts (aborts the process) on these; refuse them here with a clear error
+        if not 1 <= n <= self.opts.n_batch:
+            raise GgcError(f"a batch of {n} tokens does not fit n_batch={self.opts.n_batch}")
+        if pos0 + n > self.opts.n_ctx:
+            raise GgcError(f"positions {pos0}..{pos0 + n - 1} do not fit the context of {self.opts.n_ctx} cells")
+        if not 1 <= n_outputs <= n:
+            raise GgcError(f"n_outputs must be in 1..{n}, got {n_outputs}")
         batch = ll.llama_batch_init(n, 0, 1)
         try:
             batch.n_tokens = n
@@ -210,5 +238,12 @@ class LlamaSession:
 
 @C.CFUNCTYPE(None, C.c_int, C.c_char_p, C.c_void_p)
 def _quiet_log(level: int, text: bytes, _ud: int) -> None:
-    if level == 4 and os.environ.get("GGC_DEBUG"):  # GGML_LOG_LEVEL_ERROR
-        print(text.decode(errors="replace"), end="")
+    if os.environ.get("GGC_DEBUG"):
+        print(text.decode(errors="replace"), end="", file=sys.stderr)
+
+
+def quiet_llama_logs() -> None:
+    """Send llama.cpp's and ggml's log to nowhere (or stderr with GGC_DEBUG=1): ggc reports its own errors."""
+    import llama_cpp.llama_cpp as ll
+
+    ll.llama_log_set(_quiet_log, None)

@@ -126,7 +126,7 @@ _DEFS = [
     OpDef("SCALE", _p("s:0f b:1f"), shape=_same),
     OpDef("SET", _VIEW_SET, n_src=(2, 2), shape=_same),
     OpDef("CPY", n_src=(2, 2), view=True),  # result is a view of its destination (src 1)
-    OpDef("CONT", shape=_same),
+    OpDef("CONT"),  # ggml_cont_2d..4d reshape while copying: only the element count is fixed
     OpDef("RESHAPE", view=True),
     OpDef("VIEW", _p("offset:0"), view=True),
     OpDef("PERMUTE", _p("axis0:0 axis1:1 axis2:2 axis3:3"), view=True),

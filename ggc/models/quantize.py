@@ -24,6 +24,9 @@ def quantize(src: str | Path, dst: str | Path, quant: str) -> Path:
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(src)
+    from ggc.capture.llama import quiet_llama_logs
+
+    quiet_llama_logs()
     params = llama_lib.llama_model_quantize_default_params()
     params.nthread = 2
     params.ftype = QUANTS[quant]

@@ -120,8 +120,8 @@ class Rebuilt:
                 on_node(t, self.get_bytes(t))
 
 
-def leaf_source(graph: Graph, gguf_path: str | None, values: Mapping[str, bytes]) -> LeafData:
-    """Leaf data from the GGUF file (weights), inline bytes (constants) or named values (inputs, state)."""
+def leaf_source(graph: Graph, gguf_path: str | None, values: Mapping[int, bytes]) -> LeafData:
+    """Leaf data from the GGUF file (weights), inline bytes (constants) or values by tensor id (inputs, state)."""
     from ..formats.gguf_file import read_gguf
 
     gf = read_gguf(gguf_path) if gguf_path else None
@@ -140,8 +140,8 @@ def leaf_source(graph: Graph, gguf_path: str | None, values: Mapping[str, bytes]
                     f"the graph expects {t.type.name} {list(t.ne)}"
                 )
             return gf.data(w)
-        if t.name in values:
-            return values[t.name]
+        if t.id in values:
+            return values[t.id]
         if "input" in t.flags and users[t.id]:  # llama.cpp makes some inputs it never reads
             raise GgcError(f"{t.label()}: no value given for this input")
         return None

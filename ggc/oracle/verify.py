@@ -19,12 +19,13 @@ from .compare import NodeResult, compare
 from .rebuild import Rebuilt, leaf_source
 
 # An evaluator computes every node of a graph from leaf values and reports each node's bytes.
-Evaluator = Callable[[Graph, str, dict[str, bytes], Callable[[Tensor, bytes], None]], None]
+Evaluator = Callable[[Graph, str, dict[int, bytes], Callable[[Tensor, bytes], None]], None]
 
-PREFIX_TOKENS = 4  # tokens decoded before the checked batch, so the KV cache holds history
+PREFIX_TOKENS = 4  # at least this many tokens are decoded first, so the KV cache holds history
+KV_PAD = 256  # llama.cpp pads the number of KV cells attended to a multiple of this
 
 
-def ggml_evaluator(graph: Graph, gguf: str, leafs: dict[str, bytes], on_node: Callable[[Tensor, bytes], None]) -> None:
+def ggml_evaluator(graph: Graph, gguf: str, leafs: dict[int, bytes], on_node: Callable[[Tensor, bytes], None]) -> None:
     with Rebuilt(graph) as rb:
         rb.bind_leafs(leaf_source(graph, gguf, leafs))
         rb.run(on_node)
@@ -41,21 +42,31 @@ class VerifyResult:
 
 
 def record_llama(session: LlamaSession, graph: Graph, n_tokens: int, n_outputs: int, seed: int = 0) -> Recording:
-    """Decode a prefix, then record the checked batch of n_tokens real token ids."""
+    """Decode a prefix, then record the checked batch of n_tokens real token ids.
+
+    The captured graph attends over the whole cache, while llama.cpp attends over the used cells
+    padded to a multiple of KV_PAD: the prefix is made long enough for the two to agree.
+    """
     import numpy as np
 
+    n_ctx = session.opts.n_ctx
+    prefix = max(PREFIX_TOKENS, n_ctx - KV_PAD + 1 - n_tokens)
+    if prefix + n_tokens > n_ctx:
+        raise GgcError(f"--tokens {n_tokens} after a {prefix}-token prefix does not fit --ctx {n_ctx}")
     rng = np.random.default_rng(seed)
     n_vocab = session.ll.llama_vocab_n_tokens(session.vocab)
     prompt = session.tokenize("The quick brown fox jumps over the lazy dog, again and again and again.")
-    ids = prompt + [int(x) for x in rng.integers(3, n_vocab, size=PREFIX_TOKENS + n_tokens)]
-    session.decode(ids[:PREFIX_TOKENS], 0)
-    rec = session.decode(ids[PREFIX_TOKENS : PREFIX_TOKENS + n_tokens], PREFIX_TOKENS, n_outputs, record=True)
+    ids = (prompt + [int(x) for x in rng.integers(3, n_vocab, size=prefix + n_tokens)])[: prefix + n_tokens]
+    step = session.opts.n_batch
+    for i in range(0, prefix, step):
+        session.decode(ids[i : min(i + step, prefix)], i)
+    rec = session.decode(ids[prefix:], prefix, n_outputs, record=True)
     assert rec is not None
     nodes = graph.nodes
     if len(rec.nodes) != len(nodes) or any(n != t.name for (n, _), t in zip(rec.nodes, nodes)):
         raise GgcError(
             f"llama.cpp ran {len(rec.nodes)} nodes, the captured graph has {len(nodes)}: the graphs differ "
-            f"(is --ctx a multiple of 256 that llama.cpp fills to? verify needs n_kv == n_ctx)"
+            f"(--ctx must be a multiple of {KV_PAD})"
         )
     for (_, data), t in zip(rec.nodes, nodes):
         if len(data) != t.nbytes:
@@ -84,7 +95,7 @@ def verify_model(
         rec = record_llama(s, graph, n_tokens, n_outputs)
     expected = {t.id: data for t, (_, data) in zip(graph.nodes, rec.nodes)}
     results: list[NodeResult] = []
-    evaluator(graph, str(model), rec.leafs, lambda t, out: results.append(compare(t, expected[t.id], out)))
+    evaluator(graph, str(model), rec.leafs_by_id(graph), lambda t, out: results.append(compare(t, expected[t.id], out)))
     if len(results) != len(graph.nodes):
         raise GgcError(f"the evaluator reported {len(results)} of {len(graph.nodes)} nodes")
     return VerifyResult(graph, results)
