@@ -63,6 +63,10 @@ class Rebuilt:
         for i, w in enumerate(prm.encode(t.opdef, t.params, t.raw, g.enum_value)):
             s.op_params[i] = prm.i32_from_word(w)
         s.flags = sum(bit for f, bit in GGML_FLAGS.items() if f in t.flags)
+        if not t.is_leaf:
+            # ggml's CPU backend skips nodes without this flag (ggml_build_forward_expand sets
+            # it); in the IR every node runs, including graphs that never met that function.
+            s.flags |= GGML_FLAGS["compute"]
         for j, src in enumerate(t.src):
             s.src[j] = self.ptrs[src.id] if src is not None else None
         if t.view_src is not None:
