@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from ggc.formats.gguf_file import read_gguf
 from ggc.models.quantize import tiny_model
 from ggc.models.tiny import ARCHS
 from ggc.oracle.verify import ggml_evaluator, verify_model
+from tests.util import run_ggc
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 CASES = [(a, q) for a in ARCHS for q in QUANTS]
@@ -100,22 +99,19 @@ def test_verify_rejects_a_graph_file_that_does_not_match(models: dict, tmp_path:
     next(t for t in graph.nodes if t.op == "RMS_NORM").params["eps"] = 0.5
     out = tmp_path / "g.ggraph"
     ggraph.save(graph, out)
-    r = _ggc("verify", str(path), "--graph", str(out))
+    r = run_ggc("verify", str(path), "--graph", str(out))
     assert r.returncode == 2 and "not the one llama.cpp builds" in r.stderr and "Traceback" not in r.stderr
 
-
-def _ggc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ggc", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_cli_export_then_verify(models: dict, tmp_path: Path) -> None:
     path = models["qwen2", "q4_0"]
     out = tmp_path / "q.ggraph"
-    r = _ggc("export", str(path), "--tokens", "8", "-o", str(out))
+    r = run_ggc("export", str(path), "--tokens", "8", "-o", str(out))
     assert r.returncode == 0, r.stderr
     g = ggraph.load(out)
     assert g.meta["arch"] == "qwen2" and g.meta["n_tokens"] == 8
-    r = _ggc("verify", str(path), "--tokens", "8", "--graph", str(out))
+    r = run_ggc("verify", str(path), "--tokens", "8", "--graph", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert f"{len(g.nodes)} passed, 0 failed" in lines
@@ -137,7 +133,7 @@ def test_cli_bad_inputs_exit_2(tmp_path: Path, models: dict) -> None:
         (("verify", str(not_gguf)), "not a GGUF file"),
         (("export", str(models["llama", "f16"]), "--tokens", "0"), "--tokens must be"),
     ]:
-        r = _ggc(*args, cwd=tmp_path)
+        r = run_ggc(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert not list(tmp_path.glob("*.ggraph")), args  # nothing half-written

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,14 +12,11 @@ from ggc.formats.legacy_write import export_ggml
 from ggc.ir.graph import Graph
 from ggc.models.quantize import tiny_model
 from ggc.oracle.rebuild import Rebuilt, leaf_source
-
-
-def _ggc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ggc", *args], capture_output=True, text=True, cwd=cwd)
+from tests.util import run_ggc
 
 
 def test_demo_is_the_main_job(tmp_path: Path) -> None:
-    r = _ggc("demo", cwd=tmp_path)
+    r = run_ggc("demo", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "verify N=1: 68/68 nodes match ggml" in r.stdout
     assert "verify N=8: 68/68 nodes match ggml" in r.stdout
@@ -43,7 +38,7 @@ def test_export_imports_a_legacy_file_that_computes_the_same(tmp_path: Path, lay
 
     g = build_graph()
     (tmp_path / "old.ggml").write_bytes(export_ggml(g, layout))
-    r = _ggc("export", "old.ggml", "-o", "old.ggraph", cwd=tmp_path)
+    r = run_ggc("export", "old.ggml", "-o", "old.ggraph", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     back = ggraph.load(tmp_path / "old.ggraph")
     assert _compute(back) == _compute(g)
@@ -54,7 +49,7 @@ def test_export_rejects_a_corrupt_legacy_file(tmp_path: Path) -> None:
 
     blob = export_ggml(build_graph(), "v1-name64-params64-src10")
     (tmp_path / "cut.ggml").write_bytes(blob[: len(blob) // 2])
-    r = _ggc("export", "cut.ggml", cwd=tmp_path)
+    r = run_ggc("export", "cut.ggml", cwd=tmp_path)
     assert r.returncode == 2 and "cut.ggml" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.glob("*.ggraph"))
 
@@ -62,8 +57,8 @@ def test_export_rejects_a_corrupt_legacy_file(tmp_path: Path) -> None:
 def test_dot_of_a_captured_two_layer_model(tmp_path: Path) -> None:
     pytest.importorskip("shutil").which("dot") or pytest.skip("graphviz 'dot' is not installed")
     model = tiny_model("qwen3moe", "q4_0")
-    assert _ggc("export", str(model), "--tokens", "8", "-o", "m.ggraph", cwd=tmp_path).returncode == 0
-    r = _ggc("dot", "m.ggraph", "-o", "m.svg", cwd=tmp_path)
+    assert run_ggc("export", str(model), "--tokens", "8", "-o", "m.ggraph", cwd=tmp_path).returncode == 0
+    r = run_ggc("dot", "m.ggraph", "-o", "m.svg", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     g = ggraph.load(tmp_path / "m.ggraph")
     svg = ET.parse(tmp_path / "m.svg").getroot()

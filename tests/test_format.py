@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ggc.errors import ParseError
 from ggc.formats import ggraph
+from tests.util import run_ggc
 
 GOOD = """ggraph 1
 # a comment
@@ -145,7 +144,7 @@ def test_non_ascii_file_reports_position(tmp_path: Path) -> None:
 def test_cli_malformed_exits_2_without_traceback(tmp_path: Path) -> None:
     p = tmp_path / "bad.ggraph"
     p.write_text(HEAD + "%1 = MATMUL f32 ne=[4,2,1,1] nb=[4,16,32,32] src=[%0] name=\"n\"\n")
-    r = subprocess.run([sys.executable, "-m", "ggc", "show", str(p)], capture_output=True, text=True)
+    r = run_ggc("show", str(p))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert f"{p}:3:6: unknown op 'MATMUL'" in r.stderr
