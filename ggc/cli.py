@@ -87,6 +87,26 @@ def cmd_dot(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(a: argparse.Namespace) -> int:
+    from .compiler.arena import plan
+    from .compiler.report import draw, text_report
+    from .formats import ggraph
+
+    graph = ggraph.load(a.file)
+    p = plan(graph)
+    ggml_alloc = None
+    if not a.no_ggml:
+        from .oracle.rebuild import Rebuilt
+
+        with Rebuilt(graph, alloc=False) as rb:
+            ggml_alloc = rb.ggml_alloc_size()
+    print(text_report(p, ggml_alloc), end="")
+    out = Path(a.png or Path(a.file).with_suffix(".plan.png").name)
+    draw(p, out)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_verify(a: argparse.Namespace) -> int:
     from .oracle.compare import format_table
     from .oracle.verify import verify_model
@@ -156,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file (.svg, .png, .pdf or .dot)")
     p.add_argument("--format", choices=("svg", "png", "pdf", "dot"))
     p.set_defaults(fn=cmd_dot)
+
+    p = sub.add_parser("plan", help="plan the arena of a .ggraph and report it (text and PNG)")
+    p.add_argument("file")
+    p.add_argument("--png", help="picture of the plan (default: FILE.plan.png in the current folder)")
+    p.add_argument("--no-ggml", action="store_true", help="skip the comparison with ggml-alloc")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("verify", help="check the captured graph node by node against llama.cpp")
     p.add_argument("model", nargs="?", help="MODEL.gguf (default: built-in tiny model)")

@@ -37,7 +37,7 @@ class InlineData:
 DataBinding = GgufData | InlineData | None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Tensor:
     id: int
     type: GGMLType
@@ -78,15 +78,22 @@ class Tensor:
     def label(self) -> str:
         return f"%{self.id} {self.name!r}" if self.name else f"%{self.id}"
 
+    def __repr__(self) -> str:
+        # not the dataclass repr: that recurses through sources, exponentially on a DAG
+        return f"<Tensor {self.label()} {self.op} {self.type.name} {list(self.ne)}>"
+
 
 class ValidationError(GgcError):
     pass
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Graph:
     tensors: list[Tensor] = field(default_factory=list)
     meta: dict[str, int | str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<Graph {len(self.tensors)} tensors, {len(self.nodes)} nodes, meta={self.meta}>"
 
     @property
     def nodes(self) -> list[Tensor]:

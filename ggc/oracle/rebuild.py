@@ -23,35 +23,63 @@ LeafData = Callable[[Tensor], bytes | None]
 class Rebuilt:
     """A live ggml copy of an IR graph, with its own context, buffer and CPU backend."""
 
-    def __init__(self, graph: Graph, n_threads: int = 2, g: Ggml | None = None) -> None:
+    def __init__(self, graph: Graph, n_threads: int = 2, g: Ggml | None = None, alloc: bool = True) -> None:
+        """alloc=False leaves the memory to the caller, except for weights and state (as llama.cpp
+        holds them in buffers of their own): used to measure ggml-alloc on the graph."""
         self.g = g or load()
         self.graph = graph
         b = self.g.base
         n = len(graph.tensors)
-        mem = (n + 8) * b.ggml_tensor_overhead() + b.ggml_graph_overhead_custom(8, False)
+        mem = (n + 8) * b.ggml_tensor_overhead() + b.ggml_graph_overhead_custom(max(8, n), False)
         self.ctx = self.g.new_context(mem, no_alloc=True)
+        self.ctx_p = self.g.new_context(mem, no_alloc=True) if not alloc else None
         self.buffer = None
         self.backend = None
         try:
             self.ptrs: list[int] = []
             for t in graph.tensors:
-                self.ptrs.append(self._make(t))
+                persistent = t.is_leaf and t.view_src is None and bool(t.flags & {"weight", "state"})
+                self.ptrs.append(self._make(t, self.ctx_p if (persistent and self.ctx_p) else self.ctx))
             self._step = b.ggml_new_graph_custom(self.ctx, 8, False)
             self.backend = self.g.cpu.ggml_backend_cpu_init()
             if not self.backend:
                 raise GgcError("ggml_backend_cpu_init failed")
             self.g.cpu.ggml_backend_cpu_set_n_threads(self.backend, n_threads)
-            self.buffer = b.ggml_backend_alloc_ctx_tensors(self.ctx, self.backend)
+            self.buffer = b.ggml_backend_alloc_ctx_tensors(self.ctx_p or self.ctx, self.backend)
             if not self.buffer:
                 raise GgcError("could not allocate the oracle's buffer (out of memory?)")
         except BaseException:
             self.close()
             raise
 
-    def _make(self, t: Tensor) -> int:
+    def ggml_alloc_size(self) -> int:
+        """The compute buffer ggml-alloc (ggml_gallocr) plans for this graph, in its node order."""
+        from ..capture.ggml_lib import GgmlCgraphHead
+
+        if self.ctx_p is None:
+            raise GgcError("ggml_alloc_size needs a Rebuilt made with alloc=False")
+        b = self.g.base
+        n = len(self.graph.tensors)
+        cg = b.ggml_new_graph_custom(self.ctx, n, False)
+        for t in self.graph.nodes:
+            b.ggml_graph_add_node(cg, self.ptrs[t.id])
+        head = GgmlCgraphHead.from_address(cg)
+        leafs = [self.ptrs[t.id] for t in self.graph.leafs if not (t.flags & {"weight", "state"})]
+        for i, p in enumerate(leafs):
+            head.leafs[i] = p
+        head.n_leafs = len(leafs)
+        galloc = b.ggml_gallocr_new(b.ggml_backend_cpu_buffer_type())
+        try:
+            if not b.ggml_gallocr_reserve(galloc, cg):
+                raise GgcError("ggml_gallocr_reserve failed")
+            return b.ggml_gallocr_get_buffer_size(galloc, 0)
+        finally:
+            b.ggml_gallocr_free(galloc)
+
+    def _make(self, t: Tensor, ctx: int) -> int:
         g = self.g
         ne = (C.c_int64 * 4)(*t.ne)
-        p = g.base.ggml_new_tensor(self.ctx, g.type_num[t.type.name], 4, ne)
+        p = g.base.ggml_new_tensor(ctx, g.type_num[t.type.name], 4, ne)
         if not p:
             raise GgcError(f"{t.label()}: ggml_new_tensor failed")
         s = g.tensor(p)
@@ -83,9 +111,10 @@ class Rebuilt:
         if self.backend:
             b.ggml_backend_free(self.backend)
             self.backend = None
-        if self.ctx:
-            b.ggml_free(self.ctx)
-            self.ctx = None
+        for name in ("ctx", "ctx_p"):
+            if getattr(self, name, None):
+                b.ggml_free(getattr(self, name))
+                setattr(self, name, None)
 
     def __enter__(self) -> Rebuilt:
         return self

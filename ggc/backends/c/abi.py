@@ -67,7 +67,8 @@ def build_library(cache_dir: Path | None = None, openmp: bool = False) -> Path:
     if cc is None:
         raise GgcError("no C compiler found (set CC, or install gcc)")
     sources = kernel_sources()
-    flags = ["-O2", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas"] + (["-fopenmp"] if openmp else [])
+    flags = ["-O2", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas"]
+    flags += ["-fopenmp"] if openmp else []
     h = hashlib.sha256(" ".join(flags).encode())
     for p in sorted(KERNEL_DIR.iterdir()):
         if p.suffix in (".c", ".h"):

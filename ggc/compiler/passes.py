@@ -1,0 +1,117 @@
+"""Compiler passes over the IR: storage roots (views cost nothing), dead code, kernel groups.
+
+- Views (RESHAPE, VIEW, PERMUTE, TRANSPOSE) are no kernel: a tensor lives in the memory of its
+  storage root (its view parent, else itself) at view_offs, with its own strides.
+- Dead code goes, driven by the graph's outputs and by writes into memory that outlives a run
+  (the KV cache: SET_ROWS and CPY into a state tensor).
+- Kernel groups are first class: a group is a list of nodes that one kernel call computes. Here a
+  group is one node, or a chain of elementwise ops that a simple rule fuses (each intermediate has
+  one consumer, the same shape, and is not an output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir.graph import Graph, Tensor
+
+# Ops that compute an element from the same element of their sources (with ggml's broadcast of
+# later sources): a chain of them can run as one loop.
+ELEMENTWISE = frozenset({"ADD", "SUB", "MUL", "DIV", "SCALE", "UNARY", "CLAMP"})
+# Ops that never need a kernel: their result is their parent's memory seen with other strides.
+PURE_VIEWS = frozenset({"RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE"})
+
+
+def root(t: Tensor) -> Tensor:
+    """The tensor that owns t's memory."""
+    return t.view_src if t.view_src is not None else t
+
+
+def is_kernel(t: Tensor) -> bool:
+    return not t.is_leaf and t.op not in PURE_VIEWS
+
+
+@dataclass
+class Group:
+    """Nodes computed by one kernel call; outputs are the members read outside the group."""
+
+    id: int
+    nodes: list[Tensor]
+    outputs: list[Tensor] = field(default_factory=list)
+
+    @property
+    def fused(self) -> bool:
+        return len(self.nodes) > 1
+
+    def inputs(self) -> list[Tensor]:
+        """Sources from outside the group (leafs, views and other groups' nodes), first use order."""
+        inside = {t.id for t in self.nodes}
+        seen: dict[int, Tensor] = {}
+        for t in self.nodes:
+            for s in t.src:
+                if s is not None and s.id not in inside:
+                    seen.setdefault(s.id, s)
+        return list(seen.values())
+
+
+def live_nodes(graph: Graph) -> set[int]:
+    """Ids of tensors needed for the outputs or for writes into persistent memory (dead-code elimination)."""
+    persistent = {t.id for t in graph.leafs if t.flags & {"state", "weight", "input"}}
+    roots = [t for t in graph.outputs()]
+    roots += [t for t in graph.nodes if t.view_src is not None and t.view_src.id in persistent and is_kernel(t)]
+    live: set[int] = set()
+    stack = list(roots)
+    while stack:
+        t = stack.pop()
+        if t.id in live:
+            continue
+        live.add(t.id)
+        stack.extend(s for s in t.src if s is not None)
+        if t.view_src is not None:
+            stack.append(t.view_src)
+    # A node that reads memory a live writer changes must run after it: ggml orders such pairs by
+    # graph order alone (a FLASH_ATTN_EXT reads the cache that an earlier SET_ROWS wrote), and
+    # keeping every live node in graph order preserves that.
+    return live
+
+
+def make_groups(graph: Graph, live: set[int], fuse: bool = True) -> list[Group]:
+    """Kernel groups in execution order."""
+    users = graph.consumers()
+    outputs = {t.id for t in graph.outputs()}
+    groups: list[Group] = []
+    current: Group | None = None
+    for t in graph.nodes:
+        if t.id not in live or not is_kernel(t):
+            continue
+        prev = current.nodes[-1] if current is not None else None
+        if (fuse and prev is not None and t.op in ELEMENTWISE and prev.op in ELEMENTWISE
+                and t.src and t.src[0] is prev and _fusable(prev, t, users, outputs)):
+            current.nodes.append(t)
+            continue
+        current = Group(len(groups), [t])
+        groups.append(current)
+    for g in groups:
+        inside = {t.id for t in g.nodes}
+        g.outputs = [t for t in g.nodes if t is g.nodes[-1] or t.id in outputs
+                     or any(u.id not in inside for u in _readers(t, users, graph))]
+    return groups
+
+
+def _readers(t: Tensor, users: dict[int, list[Tensor]], graph: Graph) -> list[Tensor]:
+    """Every node that reads t, directly or through a view of it."""
+    out, stack = [], list(users[t.id])
+    while stack:
+        u = stack.pop()
+        out.append(u)
+        if u.op in PURE_VIEWS:
+            stack.extend(users[u.id])
+    return out
+
+
+def _fusable(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
+    """prev's value can stay in registers: t is its only reader, same shape, both contiguous."""
+    return (len(users[prev.id]) == 1 and prev.id not in outputs and prev.ne == t.ne
+            and prev.view_src is None and t.view_src is None and prev.is_contiguous() and t.is_contiguous()
+            and prev.type.name == "f32" and t.type.name == "f32"
+            and all(s is prev or s is None or s.is_leaf or s.id != prev.id for s in t.src[1:]))
