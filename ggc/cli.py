@@ -113,12 +113,32 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     model = _model_arg(a)
     t0 = time.perf_counter()
-    res = verify_model(model, a.tokens, a.outputs, _session_opts(a), graph_file=a.graph)
+    res = verify_model(model, a.tokens, a.outputs, _session_opts(a), target=a.target, graph_file=a.graph)
     print(format_table(res.results))
     what = "decode" if a.tokens == 1 else "prefill"
-    print(f"{model.name}: {what} N={a.tokens}, target ggml-cpu (rebuilt from the IR), "
+    target = {"ggml": "ggml-cpu (rebuilt from the IR)", "c": "c (generated program, each group on the "
+              "reference's inputs; 'chained' is the whole program on its own values)"}[a.target]
+    print(f"{model.name}: {what} N={a.tokens}, target {target}: "
           f"{'PASS' if res.ok else 'FAIL'} in {time.perf_counter() - t0:.1f}s")
     return 0 if res.ok else 1
+
+
+def cmd_compile(a: argparse.Namespace) -> int:
+    from .backends.c.emit import compile_c
+    from .formats import ggraph
+
+    graph = ggraph.load(a.file)
+    out = Path(a.output)
+    compiled = compile_c(graph, out, debug=a.debug, fuse=not a.no_fuse, source=Path(a.file).name)
+    p = compiled.plan
+    print(f"wrote {out}/: {len(p.groups)} kernel groups, arena {p.size} bytes "
+          f"(scratch {p.region_size['scratch']}); build with: make -C {out}")
+    if a.build:
+        from .runtime.cprogram import build
+
+        build(compiled, target="all")
+        print(f"built {out}/model and {out}/libmodel.so")
+    return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -186,8 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the captured graph node by node against llama.cpp")
     p.add_argument("model", nargs="?", help="MODEL.gguf (default: built-in tiny model)")
     p.add_argument("--graph", help="an exported .ggraph to check (must be the graph llama.cpp builds)")
+    p.add_argument("--target", choices=("ggml", "c"), default="ggml", help="what computes the graph (default ggml)")
     _add_capture_opts(p, 1)
     p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("compile", help="compile a .ggraph into a standalone program")
+    p.add_argument("file")
+    p.add_argument("--target", choices=("c",), default="c")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--debug", action="store_true", help="keep every intermediate (no memory reuse)")
+    p.add_argument("--no-fuse", action="store_true", help="one kernel per node")
+    p.add_argument("--build", action="store_true", help="also run make")
+    p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("demo", help="export, show and verify the built-in tiny model")
     p.add_argument("--outdir", default="ggc-demo", help="where the exported graphs go")

@@ -12,7 +12,8 @@ from ggc.formats import ggraph
 from ggc.formats.gguf_file import read_gguf
 from ggc.models.quantize import tiny_model
 from ggc.models.tiny import ARCHS
-from ggc.oracle.verify import ggml_evaluator, verify_model
+from ggc.oracle.targets import eval_ggml
+from ggc.oracle.verify import verify_model
 from tests.util import run_ggc
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
@@ -81,12 +82,12 @@ def test_verify_other_configurations(models: dict, arch: str, config: str) -> No
 def test_verify_detects_a_wrong_graph(models: dict) -> None:
     """The check can fail: the same graph with one changed op param must not pass."""
 
-    def perturbed(graph, gguf, leafs, on_node):  # noqa: ANN001 - an Evaluator
+    def perturbed(graph, gguf, leafs, expected):  # noqa: ANN001 - an Evaluator
         rope = next(t for t in graph.nodes if t.op == "ROPE")
         rope.params["freq_base"] = rope.params["freq_base"] * 2
-        ggml_evaluator(graph, gguf, leafs, on_node)
+        return eval_ggml(graph, gguf, leafs, expected)
 
-    res = verify_model(models["llama", "f16"], 8, evaluator=perturbed)
+    res = verify_model(models["llama", "f16"], 8, target=perturbed)
     failed = [r for r in res.results if not r.ok]
     assert failed and failed[0].tensor.op == "ROPE"
     assert not res.ok

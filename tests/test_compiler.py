@@ -79,7 +79,7 @@ def test_elementwise_chains_fuse_into_one_group() -> None:
     assert groups[1].outputs == [g.nodes[-1]] and {t.name for t in groups[1].inputs()} == {h_name(g), "y"}
     p = plan(g)
     assert all(t.id not in p.buffers for t in groups[1].nodes[:-1])  # fused intermediates own no memory
-    assert [len(grp.nodes) for grp in make_groups(g, live_nodes(g), fuse=False)] == [1, 1, 1, 1]
+    assert [len(grp.nodes) for grp in make_groups(g, live_nodes(g), fuse=frozenset())] == [1, 1, 1, 1]
 
 
 def h_name(g) -> str:  # noqa: ANN001

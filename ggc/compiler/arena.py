@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import GgcError
 from ..ir.graph import Graph, Tensor
-from .passes import PURE_VIEWS, Group, live_nodes, make_groups, root
+from .passes import ELEMENTWISE, PURE_VIEWS, Group, live_nodes, make_groups, root
 
 ALIGN = 64  # bytes: a cache line, and a multiple of every SIMD width the kernels use
 REGIONS = ("weights", "state", "io", "scratch")
@@ -118,7 +118,7 @@ def region_for(t: Tensor) -> str:
     return "scratch"
 
 
-def plan(graph: Graph, reuse: bool = True, fuse: bool = True) -> Plan:
+def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE) -> Plan:
     live = live_nodes(graph)
     groups = make_groups(graph, live, fuse=fuse)
     p = Plan(graph, groups, live, reuse=reuse)

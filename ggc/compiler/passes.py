@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..ir.graph import Graph, Tensor
 
 # Ops that compute an element from the same element of their sources (with ggml's broadcast of
-# later sources): a chain of them can run as one loop.
+# later sources): a chain of them can run as one loop. A backend passes the subset it can fuse.
 ELEMENTWISE = frozenset({"ADD", "SUB", "MUL", "DIV", "SCALE", "UNARY", "CLAMP"})
 # Ops that never need a kernel: their result is their parent's memory seen with other strides.
 PURE_VIEWS = frozenset({"RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE"})
@@ -75,8 +75,8 @@ def live_nodes(graph: Graph) -> set[int]:
     return live
 
 
-def make_groups(graph: Graph, live: set[int], fuse: bool = True) -> list[Group]:
-    """Kernel groups in execution order."""
+def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE) -> list[Group]:
+    """Kernel groups in execution order; `fuse` is the set of elementwise ops that may share a loop."""
     users = graph.consumers()
     outputs = {t.id for t in graph.outputs()}
     groups: list[Group] = []
@@ -85,7 +85,7 @@ def make_groups(graph: Graph, live: set[int], fuse: bool = True) -> list[Group]:
         if t.id not in live or not is_kernel(t):
             continue
         prev = current.nodes[-1] if current is not None else None
-        if (fuse and prev is not None and t.op in ELEMENTWISE and prev.op in ELEMENTWISE
+        if (prev is not None and t.op in fuse and prev.op in fuse
                 and t.src and t.src[0] is prev and _fusable(prev, t, users, outputs)):
             current.nodes.append(t)
             continue

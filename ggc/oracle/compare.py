@@ -64,28 +64,43 @@ def nmse(ref: np.ndarray, out: np.ndarray) -> float:
 
 @dataclass
 class NodeResult:
+    """One node's check. nmse is the verdict (the node computed on the reference's own inputs);
+    chained, when known, is the error after running the whole program on its own values."""
+
     tensor: Tensor
     nmse: float
     limit: float
+    chained: float | None = None
+    note: str = ""  # "fused": an intermediate a fused group keeps to itself (its group's output is checked)
 
     @property
     def ok(self) -> bool:
-        return not math.isnan(self.nmse) and self.nmse <= self.limit
+        return self.note == "fused" or (not math.isnan(self.nmse) and self.nmse <= self.limit)
 
 
 def compare(t: Tensor, ref: bytes, out: bytes) -> NodeResult:
     return NodeResult(t, nmse(to_float(t, ref), to_float(t, out)), threshold(t.op))
 
 
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "nan" if math.isnan(x) else f"{x:.2e}"
+
+
 def format_table(results: list[NodeResult]) -> str:
-    lines = [f"{'#':>5}  {'node':<34} {'op':<15} {'type':<5} {'shape':<18} {'nmse':>10} {'limit':>8}  ok"]
+    chained = any(r.chained is not None for r in results)
+    head = f"{'#':>5}  {'node':<34} {'op':<15} {'type':<5} {'shape':<18} {'nmse':>10} {'limit':>8}"
+    lines = [head + (f" {'chained':>10}" if chained else "") + "  ok"]
     for r in results:
         t = r.tensor
         shape = "x".join(str(n) for n in t.ne)
-        nm = "nan" if math.isnan(r.nmse) else f"{r.nmse:.2e}"
         name = t.name if len(t.name) <= 34 else t.name[:31] + "..."
-        lines.append(f"%{t.id:>4}  {name:<34} {t.op:<15} {t.type.name:<5} {shape:<18} {nm:>10} "
-                     f"{r.limit:>8.0e}  {'ok' if r.ok else 'FAIL'}")
+        nm = "fused" if r.note == "fused" else _fmt(r.nmse)
+        line = f"%{t.id:>4}  {name:<34} {t.op:<15} {t.type.name:<5} {shape:<18} {nm:>10} {r.limit:>8.0e}"
+        if chained:
+            line += f" {_fmt(r.chained):>10}"
+        lines.append(line + f"  {'ok' if r.ok else 'FAIL'}")
     n_bad = sum(not r.ok for r in results)
     lines.append(f"{len(results) - n_bad} passed, {n_bad} failed")
     return "\n".join(lines)

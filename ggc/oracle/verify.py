@@ -1,34 +1,23 @@
-"""`ggc verify`: llama.cpp's own node values against a rebuild of the captured graph.
+"""`ggc verify`: llama.cpp's own node values against a target computing the captured graph.
 
 llama.cpp runs a real batch with the eval callback, which records every node's value and every
-leaf it read (inputs, KV cache). The captured graph is rebuilt in ggml from the IR alone (weights
-from the GGUF, inputs and state from the recording), computed, and compared node by node.
-Later backends plug in as another `Evaluator` over the same recording.
+leaf it read (inputs, KV cache). A target (targets.py: ggml rebuilt from the IR, or a generated
+program) computes the captured graph from the same leaf values and is compared node by node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..capture.llama import LlamaSession, Recording, SessionOptions
 from ..errors import GgcError
-from ..ir.graph import Graph, Tensor
-from .compare import NodeResult, compare
-from .rebuild import Rebuilt, leaf_source
-
-# An evaluator computes every node of a graph from leaf values and reports each node's bytes.
-Evaluator = Callable[[Graph, str, dict[int, bytes], Callable[[Tensor, bytes], None]], None]
+from ..ir.graph import Graph
+from .compare import NodeResult
+from .targets import TARGETS, Evaluator
 
 PREFIX_TOKENS = 4  # at least this many tokens are decoded first, so the KV cache holds history
 KV_PAD = 256  # llama.cpp pads the number of KV cells attended to a multiple of this
-
-
-def ggml_evaluator(graph: Graph, gguf: str, leafs: dict[int, bytes], on_node: Callable[[Tensor, bytes], None]) -> None:
-    with Rebuilt(graph) as rb:
-        rb.bind_leafs(leaf_source(graph, gguf, leafs))
-        rb.run(on_node)
 
 
 @dataclass
@@ -79,7 +68,7 @@ def verify_model(
     n_tokens: int,
     n_outputs: int = 1,
     opts: SessionOptions | None = None,
-    evaluator: Evaluator = ggml_evaluator,
+    target: str | Evaluator = "ggml",
     graph_file: str | Path | None = None,
 ) -> VerifyResult:
     from ..formats import ggraph
@@ -94,8 +83,8 @@ def verify_model(
             graph = exported
         rec = record_llama(s, graph, n_tokens, n_outputs)
     expected = {t.id: data for t, (_, data) in zip(graph.nodes, rec.nodes)}
-    results: list[NodeResult] = []
-    evaluator(graph, str(model), rec.leafs_by_id(graph), lambda t, out: results.append(compare(t, expected[t.id], out)))
-    if len(results) != len(graph.nodes):
+    evaluator = TARGETS[target] if isinstance(target, str) else target
+    results = evaluator(graph, str(model), rec.leafs_by_id(graph), expected)
+    if [r.tensor.id for r in results] != [t.id for t in graph.nodes]:
         raise GgcError(f"the evaluator reported {len(results)} of {len(graph.nodes)} nodes")
     return VerifyResult(graph, results)

@@ -1,0 +1,78 @@
+"""Evaluators for `ggc verify --target`: each computes a captured graph from the recorded leaf
+values and checks every node against the reference values (llama.cpp's, through its callback).
+
+- ggml: the graph rebuilt inside ggml from the IR (proves that capture is complete);
+- c: the generated C program, debug build (every intermediate kept). Each kernel group runs on the
+  reference's own values for its inputs, as test-backend-ops checks one op at a time: that is the
+  verdict. The whole program is then also run on its own values, and that chained error is shown.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import GgcError
+from ..ir.graph import Graph
+from .compare import NodeResult, compare, nmse, threshold, to_float
+from .rebuild import Rebuilt, leaf_source
+
+# (graph, gguf path, leaf values by id, reference node values by id) -> one result per node
+Evaluator = Callable[[Graph, str, dict[int, bytes], dict[int, bytes]], list[NodeResult]]
+
+
+def eval_ggml(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes]) -> list[NodeResult]:
+    results: list[NodeResult] = []
+    with Rebuilt(graph) as rb:
+        rb.bind_leafs(leaf_source(graph, gguf, leafs))
+        rb.run(lambda t, out: results.append(compare(t, expected[t.id], out)))
+    return results
+
+
+def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],
+           workdir: str | Path | None = None) -> list[NodeResult]:
+    from ..backends.c.emit import compile_c
+    from ..runtime.cprogram import CProgram
+
+    with tempfile.TemporaryDirectory(prefix="ggc-verify-") as tmp:
+        out = Path(workdir or tmp) / "program"
+        compiled = compile_c(graph, out, debug=True, source=Path(gguf).name)
+        p = compiled.plan
+        group_of = {t.id: g for g in p.groups for t in g.nodes}
+        with CProgram(compiled) as prog:
+            prog.load_weights(gguf)
+
+            def reset_leafs() -> None:
+                for t in graph.leafs:
+                    if t.id in leafs and p.has_memory(t):
+                        prog.set(t, leafs[t.id])
+
+            reset_leafs()
+            results: dict[int, NodeResult] = {}
+            done: set[int] = set()
+            for t in graph.nodes:
+                g = group_of.get(t.id)
+                if g is not None and g.id not in done:
+                    for s in g.inputs():
+                        if not s.is_leaf and p.has_memory(s):
+                            prog.set(s, expected[s.id])
+                    prog.run_group(g.id)
+                    done.add(g.id)
+                if not p.has_memory(t):
+                    note = "fused" if g is not None else "dead"
+                    if note == "dead":
+                        raise GgcError(f"{t.label()}: the program drops a node the reference computed")
+                    results[t.id] = NodeResult(t, 0.0, threshold(t.op), note=note)
+                else:
+                    results[t.id] = compare(t, expected[t.id], prog.get(t))
+            # the whole program on its own values
+            reset_leafs()
+            prog.run()
+            for t in graph.nodes:
+                if p.has_memory(t):
+                    results[t.id].chained = nmse(to_float(t, expected[t.id]), to_float(t, prog.get(t)))
+    return [results[t.id] for t in graph.nodes]
+
+
+TARGETS: dict[str, Evaluator] = {"ggml": eval_ggml, "c": eval_c}

@@ -1,0 +1,90 @@
+"""Build a generated C program and drive it through its C API with ctypes."""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..backends.c.emit import CompiledC
+from ..errors import GgcError
+from ..ir.graph import Tensor
+
+
+def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False) -> Path:
+    """Run make in the program directory; a compiler error becomes a GgcError with its output."""
+    if shutil.which("make") is None:
+        raise GgcError("'make' not found: install make and a C compiler (gcc)")
+    cc = os.environ.get("CC", "gcc")
+    if shutil.which(cc) is None:
+        raise GgcError(f"C compiler '{cc}' not found: install gcc or set CC")
+    args = ["make", "-s", f"-j{os.cpu_count() or 1}", target, f"CC={cc}"] + (["OPENMP=1"] if openmp else [])
+    r = subprocess.run(args, cwd=compiled.out, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise GgcError(f"building {compiled.out} failed:\n{r.stdout}{r.stderr}")
+    return compiled.out / target
+
+
+class CProgram:
+    """A built program, loaded: an arena, weights, and kernel groups to run."""
+
+    def __init__(self, compiled: CompiledC, openmp: bool = False) -> None:
+        self.compiled = compiled
+        self.plan = compiled.plan
+        lib_path = build(compiled, openmp=openmp)
+        self.lib = C.CDLL(str(lib_path.resolve()))
+        L = self.lib
+        L.ggc_model_create.restype = C.c_void_p
+        L.ggc_model_free.argtypes = [C.c_void_p]
+        L.ggc_model_load_weights.argtypes = [C.c_void_p, C.c_char_p, C.c_char_p, C.c_size_t]
+        L.ggc_model_run.argtypes = [C.c_void_p]
+        L.ggc_model_run_group.argtypes = [C.c_void_p, C.c_int]
+        L.ggc_model_arena.restype = C.c_void_p
+        L.ggc_model_arena.argtypes = [C.c_void_p]
+        L.ggc_model_arena_size.restype = C.c_size_t
+        L.ggc_model_set_threads.argtypes = [C.c_void_p, C.c_int]
+        if L.ggc_model_arena_size() != self.plan.size:
+            raise GgcError(f"{lib_path}: the built program does not match its plan")
+        self.m = L.ggc_model_create()
+        if not self.m:
+            raise GgcError(f"out of memory: the arena needs {self.plan.size} bytes")
+        self.arena = L.ggc_model_arena(self.m)
+
+    def close(self) -> None:
+        if getattr(self, "m", None):
+            self.lib.ggc_model_free(self.m)
+            self.m = None
+
+    def __enter__(self) -> CProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load_weights(self, gguf: str | Path) -> None:
+        err = C.create_string_buffer(1024)
+        if self.lib.ggc_model_load_weights(self.m, str(gguf).encode(), err, len(err)) != 0:
+            raise GgcError(err.value.decode(errors="replace"))
+
+    def set_threads(self, n: int) -> None:
+        self.lib.ggc_model_set_threads(self.m, n)
+
+    def _addr(self, t: Tensor) -> int:
+        return self.arena + self.plan.offset_of(t)
+
+    def set(self, t: Tensor, data: bytes) -> None:
+        """Write a tensor's bytes (its span from the first element, strides as in the graph)."""
+        if len(data) != t.nbytes:
+            raise GgcError(f"{t.label()}: {len(data)} bytes given, the tensor spans {t.nbytes}")
+        C.memmove(self._addr(t), data, len(data))
+
+    def get(self, t: Tensor) -> bytes:
+        return C.string_at(self._addr(t), t.nbytes)
+
+    def run(self) -> None:
+        self.lib.ggc_model_run(self.m)
+
+    def run_group(self, g: int) -> None:
+        self.lib.ggc_model_run_group(self.m, g)
