@@ -45,6 +45,7 @@ class CProgram:
         L.ggc_model_arena.argtypes = [C.c_void_p]
         L.ggc_model_arena_size.restype = C.c_size_t
         L.ggc_model_set_threads.argtypes = [C.c_void_p, C.c_int]
+        L.ggc_model_set_threads.restype = C.c_int
         if L.ggc_model_arena_size() != self.plan.size:
             raise GgcError(f"{lib_path}: the built program does not match its plan")
         self.m = L.ggc_model_create()
@@ -69,7 +70,8 @@ class CProgram:
             raise GgcError(err.value.decode(errors="replace"))
 
     def set_threads(self, n: int) -> None:
-        self.lib.ggc_model_set_threads(self.m, n)
+        if self.lib.ggc_model_set_threads(self.m, n) != 0:
+            raise GgcError(f"out of memory for kernel work memory with {n} threads")
 
     def _addr(self, t: Tensor) -> int:
         return self.arena + self.plan.offset_of(t)

@@ -67,7 +67,8 @@ def build_library(cache_dir: Path | None = None, openmp: bool = False) -> Path:
     if cc is None:
         raise GgcError("no C compiler found (set CC, or install gcc)")
     sources = kernel_sources()
-    flags = ["-O2", "-std=c11", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas"]
+    flags = ["-O2", "-std=c11", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
+             "-Wno-unknown-pragmas"]
     flags += ["-fopenmp"] if openmp else []
     h = hashlib.sha256(" ".join(flags).encode())
     for p in sorted(KERNEL_DIR.iterdir()):
@@ -132,8 +133,8 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
     if work_fn is not None:
         work_fn.restype = C.c_size_t
         size = work_fn(C.byref(node))
-    work_buf = C.create_string_buffer(max(size, 1))
-    work = CWork(C.cast(work_buf, C.c_void_p), size, n_threads)
+    work_buf = C.create_string_buffer(max(size * n_threads, 1))
+    work = CWork(C.cast(work_buf, C.c_void_p), size * n_threads, n_threads)
     fn.restype = None
     fn(C.byref(node), C.byref(work))
     return dst.raw

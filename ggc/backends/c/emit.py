@@ -71,6 +71,8 @@ def _f(x: float) -> str:
 
 
 def _role(p: Plan, t: Tensor, outputs: set[int]) -> str:
+    if t.view_src is not None:
+        return "GGC_ROLE_VIEW"
     region = p.region_of(t)
     if region == "weights":
         return "GGC_ROLE_WEIGHT"
@@ -189,7 +191,8 @@ MAKEFILE = """\
 CC ?= gcc
 CFLAGS ?= -O2
 OPENMP ?= 0
-override CFLAGS += -std=c11 -Ikernels -I. -D_POSIX_C_SOURCE=200809L
+# no -ffast-math, and no contraction of a*b+c: the kernels follow ggml's rounding exactly
+override CFLAGS += -std=c11 -ffp-contract=off -Ikernels -I. -D_POSIX_C_SOURCE=200809L
 ifeq ($(OPENMP),1)
 override CFLAGS += -fopenmp
 endif

@@ -9,6 +9,9 @@
  *   void ggc_op_unary_<name>(...), ggc_op_glu_<name>(...)      e.g. ggc_op_unary_silu, ggc_op_glu_swiglu
  *   size_t ggc_work_<op>(const ggc_node *node);               bytes of work memory, for ops that need it
  *
+ * Build with floating-point contraction off (-ffp-contract=off) and never -ffast-math: where ggml
+ * fuses a multiply-add, the kernels call fmaf explicitly.
+ *
  * Numerics follow ggml's CPU backend (its reference path), so that results match it node by
  * node: e.g. a quantized matrix product quantizes its activations to the weight type's dot
  * partner (q8_0, q8_1 or q8_K) first, and an f16 one rounds its activations to f16.
@@ -54,8 +57,8 @@ typedef struct {
 } ggc_node;
 
 typedef struct {
-    void *data;    /* scratch for kernels (quantized activations, attention rows, ...) */
-    size_t size;   /* at least the largest ggc_work_<op> of the program */
+    void *data;    /* scratch for kernels (quantized activations, attention rows, ...), 64-byte aligned */
+    size_t size;   /* at least n_threads times the largest ggc_work_<op> of the program */
     int n_threads; /* OpenMP threads; 1 without OpenMP */
 } ggc_work;
 
@@ -76,6 +79,31 @@ void ggc_to_float(ggc_type t, const void *src, float *dst, int64_t n);
 void ggc_from_float(ggc_type t, const float *src, void *dst, int64_t n); /* ggml's from_float for t */
 /* dot product of n elements: x in weight type t, y in ggc_vec_dot_type(t); as ggml's vec_dot */
 float ggc_vec_dot(ggc_type t, int64_t n, const void *x, const void *y);
+
+/* ---- shared numeric routines */
+float ggc_expf_vec(float x); /* ggml's vectorized expf, lane by lane (ggc_elementwise.c) */
+/* y = exp(x - max) over a row, returning the sum in double, as ggml's soft_max (ggc_softmax.c) */
+double ggc_softmax_exp_row(int64_t n, float *y, const float *x, float max);
+
+/* ---- per-thread work memory: `per` bytes for each thread */
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+/* as many threads as the work buffer has slices of `per` bytes, at most work->n_threads */
+static inline int ggc_work_threads(const ggc_work *w, size_t per) {
+    const int nt = w->n_threads < 1 ? 1 : w->n_threads;
+    const size_t fit = per ? w->size / per : (size_t)nt;
+    return fit < 1 ? 1 : fit < (size_t)nt ? (int)fit : nt;
+}
+/* this thread's slice */
+static inline void *ggc_work_slice(const ggc_work *w, size_t per) {
+#ifdef _OPENMP
+    return (char *)w->data + (size_t)omp_get_thread_num() * per;
+#else
+    (void)per;
+    return w->data;
+#endif
+}
 
 /* ---- strided element access */
 static inline void *ggc_ptr(const ggc_tensor *t, int64_t i0, int64_t i1, int64_t i2, int64_t i3) {

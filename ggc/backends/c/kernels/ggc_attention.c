@@ -31,7 +31,6 @@
 #include <omp.h>
 #endif
 
-double ggc_softmax_exp_row(int64_t n, float *y, const float *x, float max); /* ggc_softmax.c */
 
 enum { TILE_Q = 64, TILE_KV = 64 };
 
@@ -77,20 +76,6 @@ static size_t fa_work_floats(const ggc_node *n) {
 
 size_t ggc_work_flash_attn_ext(const ggc_node *n) { return fa_work_floats(n) * sizeof(float); }
 
-/* as many threads as the work buffer has slices of `per` bytes, and this thread's slice */
-static inline int work_threads(const ggc_work *w, size_t per) {
-    const int nt = w->n_threads < 1 ? 1 : w->n_threads;
-    const size_t fit = w->size / per;
-    return fit < 1 ? 1 : fit < (size_t)nt ? (int)fit : nt;
-}
-static float *work_slice(const ggc_work *w, size_t per) {
-#ifdef _OPENMP
-    return (float *)((char *)w->data + (size_t)omp_get_thread_num() * per);
-#else
-    (void)per;
-    return w->data;
-#endif
-}
 
 static float alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
     if (!(max_bias > 0.0f)) return 1.0f;
@@ -365,11 +350,11 @@ void ggc_op_flash_attn_ext(const ggc_node *n, ggc_work *w) {
     const int64_t H = c.n_head, B = c.q->ne[3];
     if (fa_tiled(n)) {
         const int64_t tiles = (c.n_q + TILE_Q - 1) / TILE_Q;
-        #pragma omp parallel for num_threads(work_threads(w, per))
+        #pragma omp parallel for num_threads(ggc_work_threads(w, per))
         for (int64_t t = 0; t < tiles * H * B; t++) {
             const int64_t it = t % tiles, iq2 = (t / tiles) % H, iq3 = t / (tiles * H);
             const int64_t iq1 = it * TILE_Q, nq = c.n_q - iq1 < TILE_Q ? c.n_q - iq1 : TILE_Q;
-            fa_tile(&c, iq1, nq, iq2, iq3, work_slice(w, per));
+            fa_tile(&c, iq1, nq, iq2, iq3, ggc_work_slice(w, per));
         }
     } else {
         /* ggml's split-KV decode path: its result depends on the thread count, taken as n_threads */
@@ -377,8 +362,8 @@ void ggc_op_flash_attn_ext(const ggc_node *n, ggc_work *w) {
         const int split = c.n_q == 1 && B == 1 && c.q->type == GGC_TYPE_F32 &&
                           (kt == GGC_TYPE_F16 || kt == GGC_TYPE_F32) && kt == c.v->type && c.n_kv >= 512;
         const int64_t n_chunks = split && w->n_threads > 1 ? w->n_threads : 1;
-        #pragma omp parallel for num_threads(work_threads(w, per))
+        #pragma omp parallel for num_threads(ggc_work_threads(w, per))
         for (int64_t r = 0; r < c.n_q * H * B; r++)
-            fa_row(&c, r % c.n_q, (r / c.n_q) % H, r / (c.n_q * H), n_chunks, work_slice(w, per));
+            fa_row(&c, r % c.n_q, (r / c.n_q) % H, r / (c.n_q * H), n_chunks, ggc_work_slice(w, per));
     }
 }

@@ -19,7 +19,6 @@
 #endif
 
 /* shared with ggc_softmax.c and ggc_attention.c */
-float ggc_expf_vec(float x);
 
 #define ROW_INDEX(t, r, i1, i2, i3)                                                                  \
     const int64_t i1 = (r) % (t)->ne[1], i2 = ((r) / (t)->ne[1]) % (t)->ne[2],                       \
@@ -27,20 +26,6 @@ float ggc_expf_vec(float x);
 
 static inline int f32_rows(const ggc_tensor *t) { return t->type == GGC_TYPE_F32 && t->nb[0] == sizeof(float); }
 
-/* Work memory is per thread: `per` bytes each. Run on as many threads as the buffer has slices. */
-static inline int work_threads(const ggc_work *w, size_t per) {
-    const int nt = w->n_threads < 1 ? 1 : w->n_threads;
-    const size_t fit = per ? w->size / per : (size_t)nt;
-    return fit < 1 ? 1 : fit < (size_t)nt ? (int)fit : nt;
-}
-static void *work_slice(const ggc_work *w, size_t per) {
-#ifdef _OPENMP
-    return (char *)w->data + (size_t)omp_get_thread_num() * per;
-#else
-    (void)per;
-    return w->data;
-#endif
-}
 
 static inline uint32_t f_bits(float f) {
     uint32_t u;
@@ -117,9 +102,9 @@ size_t ggc_work_add(const ggc_node *n) {
 static void add_quantized(const ggc_node *n, ggc_work *w) {
     const ggc_tensor *a = &n->src[0], *b = &n->src[1], *d = &n->dst;
     const size_t per = ggc_work_add(n);
-    #pragma omp parallel for num_threads(work_threads(w, per))
+    #pragma omp parallel for num_threads(ggc_work_threads(w, per))
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        float *row = work_slice(w, per);
+        float *row = ggc_work_slice(w, per);
         ROW_INDEX(d, r, i1, i2, i3);
         ggc_to_float(a->type, ggc_row(a, i1, i2, i3), row, a->ne[0]);
         for (int64_t i0 = 0; i0 < a->ne[0]; i0++) row[i0] += ggc_get_f(b, i0, i1, i2, i3);
@@ -389,9 +374,9 @@ void ggc_op_top_k(const ggc_node *n, ggc_work *w) {
     const ggc_tensor *a = &n->src[0], *d = &n->dst;
     const int64_t ne00 = a->ne[0], k = d->ne[0];
     const size_t per = ggc_work_top_k(n);
-    #pragma omp parallel for num_threads(work_threads(w, per))
+    #pragma omp parallel for num_threads(ggc_work_threads(w, per))
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        int32_t *tmp = work_slice(w, per);
+        int32_t *tmp = ggc_work_slice(w, per);
         ROW_INDEX(d, r, i1, i2, i3);
         const sort_ctx c = {(const char *)ggc_row(a, i1, i2, i3), a->nb[0], 1};
         for (int64_t i = 0; i < ne00; i++) tmp[i] = (int32_t)i;

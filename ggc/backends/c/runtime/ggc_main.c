@@ -12,7 +12,7 @@
 
 #include "ggc_model.h"
 
-static const char *ROLES[] = {"weight", "state", "input", "output", "scratch"};
+static const char *ROLES[] = {"weight", "state", "input", "output", "scratch", "view"};
 
 static int split(const char *arg, char *name, size_t cap, const char **file, int *k) {
     const char *eq = strchr(arg, '=');
@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "--list")) {
         for (int i = 0; i < ggc_model_n_tensors(); i++) {
             const ggc_tensor_info *t = ggc_model_tensor(i);
-            if (t->role != GGC_ROLE_SCRATCH)
+            if (t->role != GGC_ROLE_SCRATCH && t->role != GGC_ROLE_VIEW)
                 printf("%-7s %-32s [%lld, %lld, %lld, %lld] %zu bytes\n", ROLES[t->role], t->name, (long long)t->ne[0],
                        (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], t->nbytes);
         }
@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
         const char *file;
         int k;
         if (!strcmp(argv[a], "-t") && a + 1 < argc) {
-            ggc_model_set_threads(m, atoi(argv[++a]));
+            if (ggc_model_set_threads(m, atoi(argv[++a])) != 0) rc = die("out of memory for kernel work", NULL);
         } else if (!strcmp(argv[a], "-r") && a + 1 < argc) {
             runs = atoi(argv[++a]);
         } else if (!strcmp(argv[a], "-i") && a + 1 < argc) {

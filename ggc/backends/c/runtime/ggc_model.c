@@ -10,6 +10,7 @@ struct ggc_model {
     char *arena;
     ggc_node *nodes;
     ggc_work work;
+    size_t work_per_thread; /* kernels' ggc_work_<op> sizes are per thread */
 };
 
 static void *aligned_zalloc(size_t size) {
@@ -41,7 +42,8 @@ ggc_model *ggc_model_create(void) {
             if (d->src[j] >= 0) fill_tensor(&m->nodes[i].src[j], &GGC_TENSORS[d->src[j]], m->arena);
         memcpy(m->nodes[i].op_params, d->op_params, sizeof d->op_params);
     }
-    m->work.size = ggc_program_work_size(m->nodes);
+    m->work_per_thread = ggc_program_work_size(m->nodes);
+    m->work.size = m->work_per_thread;
     m->work.data = aligned_zalloc(m->work.size);
     m->work.n_threads = 1;
     if (!m->work.data) goto fail;
@@ -82,7 +84,16 @@ void ggc_model_run_group(ggc_model *m, int g) {
     if (g >= 0 && g < GGC_N_GROUPS) ggc_program_run_group(g, m->nodes, &m->work, m->arena);
 }
 
-void ggc_model_set_threads(ggc_model *m, int n_threads) { m->work.n_threads = n_threads > 0 ? n_threads : 1; }
+int ggc_model_set_threads(ggc_model *m, int n_threads) {
+    if (n_threads < 1) n_threads = 1;
+    void *w = aligned_zalloc(m->work_per_thread * (size_t)n_threads);
+    if (!w) return -1;
+    free(m->work.data);
+    m->work.data = w;
+    m->work.size = m->work_per_thread * (size_t)n_threads;
+    m->work.n_threads = n_threads;
+    return 0;
+}
 void ggc_model_reset_state(ggc_model *m) { memset(m->arena + GGC_STATE_OFFSET, 0, GGC_STATE_SIZE); }
 int ggc_model_n_tensors(void) { return GGC_N_TENSORS; }
 const ggc_tensor_info *ggc_model_tensor(int i) { return i >= 0 && i < GGC_N_TENSORS ? &GGC_TENSORS[i] : NULL; }

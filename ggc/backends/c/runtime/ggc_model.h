@@ -22,7 +22,8 @@ extern "C" {
 
 typedef struct ggc_model ggc_model;
 
-enum ggc_role { GGC_ROLE_WEIGHT, GGC_ROLE_STATE, GGC_ROLE_INPUT, GGC_ROLE_OUTPUT, GGC_ROLE_SCRATCH };
+/* GGC_ROLE_VIEW: another look (offset, strides) at memory that a tensor of another role owns */
+enum ggc_role { GGC_ROLE_WEIGHT, GGC_ROLE_STATE, GGC_ROLE_INPUT, GGC_ROLE_OUTPUT, GGC_ROLE_SCRATCH, GGC_ROLE_VIEW };
 
 typedef struct {
     int id;            /* the tensor's id in the .ggraph */
@@ -51,7 +52,7 @@ const void *ggc_model_output(ggc_model *m, const char *name, int k);
 
 /* Run every kernel group in order. */
 void ggc_model_run(ggc_model *m);
-void ggc_model_set_threads(ggc_model *m, int n_threads);
+int ggc_model_set_threads(ggc_model *m, int n_threads); /* OpenMP builds; 0, or -1 when out of memory */
 void ggc_model_reset_state(ggc_model *m);  /* zero the KV cache */
 
 /* Introspection: the tensors that have memory, the arena, and one kernel group at a time. */
