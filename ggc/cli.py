@@ -142,7 +142,10 @@ def cmd_compile(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """The main job on the built-in model: export decode and prefill, show one, verify both."""
+    """The main job on the built-in model: export decode and prefill, show one, plan and compile
+    them to C, and verify both node by node, in ggml and as generated C."""
+    from .compiler.arena import plan
+    from .compiler.report import text_report
     from .formats import ggraph
     from .inspect import summarize
     from .oracle.verify import verify_model
@@ -157,13 +160,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
         a.model = str(model)
         a.output = str(out)
         cmd_export(a)
+        graph = ggraph.load(out)
         if n == 1:
-            print(summarize(ggraph.load(out), top=5), end="")
-        res = verify_model(model, n, 1, _session_opts(a), graph_file=out)
-        worst = max(r.nmse for r in res.results)
-        print(f"verify N={n}: {sum(r.ok for r in res.results)}/{len(res.results)} nodes match ggml "
-              f"(worst NMSE {worst:.2e})")
-        ok &= res.ok
+            print(summarize(graph, top=5), end="")
+        print(text_report(plan(graph)), end="")
+        for target in ("ggml", "c"):
+            t0 = time.perf_counter()
+            res = verify_model(model, n, 1, _session_opts(a), target=target, graph_file=out)
+            worst = max(r.nmse for r in res.results)
+            print(f"verify N={n} target {target}: {sum(r.ok for r in res.results)}/{len(res.results)} nodes match "
+                  f"llama.cpp (worst NMSE {worst:.2e}, {time.perf_counter() - t0:.1f}s)")
+            ok &= res.ok
     return 0 if ok else 1
 
 
@@ -219,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", action="store_true", help="also run make")
     p.set_defaults(fn=cmd_compile)
 
-    p = sub.add_parser("demo", help="export, show and verify the built-in tiny model")
+    p = sub.add_parser("demo", help="export, show, plan, compile and verify the built-in tiny model")
     p.add_argument("--outdir", default="ggc-demo", help="where the exported graphs go")
     _add_capture_opts(p, 1)
     p.set_defaults(fn=cmd_demo)

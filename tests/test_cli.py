@@ -18,8 +18,10 @@ from tests.util import run_ggc
 def test_demo_is_the_main_job(tmp_path: Path) -> None:
     r = run_ggc("demo", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "verify N=1: 68/68 nodes match ggml" in r.stdout
-    assert "verify N=8: 68/68 nodes match ggml" in r.stdout
+    for n in (1, 8):
+        for target in ("ggml", "c"):
+            assert f"verify N={n} target {target}: 68/68 nodes match llama.cpp" in r.stdout, r.stdout
+    assert "liveness lower bound" in r.stdout
     assert sorted(p.name for p in (tmp_path / "ggc-demo").iterdir()) == [
         "tiny-llama-f16-v1.t1.ggraph", "tiny-llama-f16-v1.t8.ggraph"]
 
