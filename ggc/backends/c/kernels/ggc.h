@@ -80,7 +80,23 @@ void ggc_from_float(ggc_type t, const float *src, void *dst, int64_t n); /* ggml
 /* dot product of n elements: x in weight type t, y in ggc_vec_dot_type(t); as ggml's vec_dot */
 float ggc_vec_dot(ggc_type t, int64_t n, const void *x, const void *y);
 
+/* ---- bits of a float, and the row (i1, i2, i3) of flat row index r of tensor t */
+static inline uint32_t ggc_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static inline float ggc_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+#define GGC_ROW_INDEX(t, r, i1, i2, i3)                                                              \
+    const int64_t i1 = (r) % (t)->ne[1], i2 = ((r) / (t)->ne[1]) % (t)->ne[2],                       \
+                  i3 = (r) / ((t)->ne[1] * (t)->ne[2])
+
 /* ---- shared numeric routines */
+float ggc_alibi_slope(float max_bias, uint32_t n_head, uint32_t h); /* ALiBi slope of head h (ggc_softmax.c) */
 float ggc_expf_vec(float x); /* ggml's vectorized expf, lane by lane (ggc_elementwise.c) */
 /* y = exp(x - max) over a row, returning the sum in double, as ggml's soft_max (ggc_softmax.c) */
 double ggc_softmax_exp_row(int64_t n, float *y, const float *x, float max);

@@ -77,13 +77,6 @@ static size_t fa_work_floats(const ggc_node *n) {
 size_t ggc_work_flash_attn_ext(const ggc_node *n) { return fa_work_floats(n) * sizeof(float); }
 
 
-static float alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
-    if (!(max_bias > 0.0f)) return 1.0f;
-    const uint32_t n_head_log2 = 1u << (uint32_t)floor(log2((double)n_head));
-    const float m0 = powf(2.0f, -(max_bias) / (float)n_head_log2);
-    const float m1 = powf(2.0f, -(max_bias / 2.0f) / (float)n_head_log2);
-    return h < n_head_log2 ? powf(m0, (float)(h + 1)) : powf(m1, (float)(2 * (h - n_head_log2) + 1));
-}
 
 static inline float mask_at(const ggc_tensor *m, const void *row, int64_t i) {
     return m->type == GGC_TYPE_F16 ? ggc_fp16_to_fp32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
@@ -141,7 +134,7 @@ static void fa_span(const fa_cfg *c, int64_t iq1, int64_t iq2, int64_t iq3, cons
     float *vrow = scratch;                  /* a V row as float */
     uint16_t *vkq16 = (uint16_t *)scratch; /* or the f16 accumulator */
 
-    const float slope = alibi_slope(c->max_bias, (uint32_t)c->n_head, (uint32_t)iq2);
+    const float slope = ggc_alibi_slope(c->max_bias, (uint32_t)c->n_head, (uint32_t)iq2);
     const void *mp = c->mask ? ggc_row(c->mask, iq1, iq2 % c->mask->ne[2], iq3 % c->mask->ne[3]) : NULL;
     const int64_t ik2 = iq2 / c->rk2, ik3 = iq3 / c->rk3, iv2 = iq2 / c->rv2, iv3 = iq3 / c->rv3;
     if (vt == GGC_TYPE_F16) memset(vkq16, 0, (size_t)DV * sizeof(uint16_t));
@@ -267,7 +260,7 @@ static void fa_tile(const fa_cfg *c, int64_t iq1, int64_t nq, int64_t iq2, int64
     float M[TILE_Q], S[TILE_Q];
     int skip[TILE_Q];
 
-    const float slope = alibi_slope(c->max_bias, (uint32_t)c->n_head, (uint32_t)iq2);
+    const float slope = ggc_alibi_slope(c->max_bias, (uint32_t)c->n_head, (uint32_t)iq2);
     const int64_t ik2 = iq2 / c->rk2, ik3 = iq3 / c->rk3, iv2 = iq2 / c->rv2, iv3 = iq3 / c->rv3;
     for (int64_t t = 0; t < nq; t++) {
         memcpy(Q + t * DK, ggc_row(c->q, iq1 + t, iq2, iq3), (size_t)DK * sizeof(float));

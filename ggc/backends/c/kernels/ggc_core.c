@@ -33,38 +33,28 @@ size_t ggc_type_size(ggc_type t) { return TRAITS[t].size; }
 size_t ggc_row_size(ggc_type t, int64_t ne0) { return TRAITS[t].size * (size_t)(ne0 / TRAITS[t].blck); }
 ggc_type ggc_vec_dot_type(ggc_type t) { return TRAITS[t].vec_dot; }
 
-static inline uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-static inline float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 float ggc_fp16_to_fp32(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t man = h & 0x3ffu;
-    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (man << 13)); /* inf, nan */
-    if (exp != 0) return bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
-    if (man == 0) return bits_f32(sign);
+    if (exp == 0x1f) return ggc_bits_f32(sign | 0x7f800000u | (man << 13)); /* inf, nan */
+    if (exp != 0) return ggc_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
+    if (man == 0) return ggc_bits_f32(sign);
     /* subnormal: value = man * 2^-24 */
-    float v = (float)man * bits_f32(0x33800000u);
-    return bits_f32(sign | f32_bits(v));
+    float v = (float)man * ggc_bits_f32(0x33800000u);
+    return ggc_bits_f32(sign | ggc_f32_bits(v));
 }
 
 uint16_t ggc_fp32_to_fp16(float f) {
-    const uint32_t u = f32_bits(f);
+    const uint32_t u = ggc_f32_bits(f);
     const uint32_t sign = (u >> 16) & 0x8000u;
     const uint32_t au = u & 0x7fffffffu;
     if (au > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((au >> 13) & 0x3ffu)); /* nan stays nan */
     if (au >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to inf */
     if (au < 0x38800000u) {
         /* subnormal or zero in f16: round |f| * 2^24 to an integer, ties to even */
-        float v = bits_f32(au) * bits_f32(0x4b800000u); /* * 2^24 */
+        float v = ggc_bits_f32(au) * ggc_bits_f32(0x4b800000u); /* * 2^24 */
         uint32_t i = (uint32_t)v;
         float rem = v - (float)i;
         if (rem > 0.5f || (rem == 0.5f && (i & 1u))) i++;
@@ -76,10 +66,10 @@ uint16_t ggc_fp32_to_fp16(float f) {
     return (uint16_t)(sign | (r >> 13));
 }
 
-float ggc_bf16_to_fp32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+float ggc_bf16_to_fp32(uint16_t h) { return ggc_bits_f32((uint32_t)h << 16); }
 
 uint16_t ggc_fp32_to_bf16(float f) {
-    uint32_t u = f32_bits(f);
+    uint32_t u = ggc_f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64); /* quiet nan */
     return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
 }

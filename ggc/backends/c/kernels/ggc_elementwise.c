@@ -20,23 +20,10 @@
 
 /* shared with ggc_softmax.c and ggc_attention.c */
 
-#define ROW_INDEX(t, r, i1, i2, i3)                                                                  \
-    const int64_t i1 = (r) % (t)->ne[1], i2 = ((r) / (t)->ne[1]) % (t)->ne[2],                       \
-                  i3 = (r) / ((t)->ne[1] * (t)->ne[2])
 
 static inline int f32_rows(const ggc_tensor *t) { return t->type == GGC_TYPE_F32 && t->nb[0] == sizeof(float); }
 
 
-static inline uint32_t f_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-static inline float bits_f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* ggml_v_expf (AVX2 + FMA build): exp via 2^n * poly(b); max error ~1.5 ulp, not libm's. One lane. */
 float ggc_expf_vec(float x) {
@@ -44,16 +31,16 @@ float ggc_expf_vec(float x) {
     const float z = fmaf(x, 0x1.715476p+0f, r);
     const float n = z - r;
     const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
-    const uint32_t e = f_bits(z) << 23;
-    const float k = bits_f(e + f_bits(1.0f));
+    const uint32_t e = ggc_f32_bits(z) << 23;
+    const float k = ggc_bits_f32(e + ggc_f32_bits(1.0f));
     const float u = b * b;
     const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
                          0x1.ffffecp-1f * b);
     if (!(fabsf(n) > 126.0f)) return fmaf(j, k, k);
     /* out of the direct range: scale in two steps, or saturate to 0 / inf */
     const uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
-    const float s1 = bits_f(g + 0x7f000000u);
-    const float s2 = bits_f(e - g);
+    const float s1 = ggc_bits_f32(g + 0x7f000000u);
+    const float s2 = ggc_bits_f32(e - g);
     if (fabsf(n) > 192.0f) return s1 * s1;
     return fmaf(s2, j, s2) * s1;
 }
@@ -78,7 +65,7 @@ static void binary(const ggc_node *n, bin_op op) {
     const int64_t ne0 = d->ne[0], ne10 = b->ne[0];
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const int64_t j1 = i1 % b->ne[1], j2 = i2 % b->ne[2], j3 = i3 % b->ne[3];
         if (fast) {
             const float *x = ggc_row(a, i1, i2, i3), *y = ggc_row(b, j1, j2, j3);
@@ -105,7 +92,7 @@ static void add_quantized(const ggc_node *n, ggc_work *w) {
     #pragma omp parallel for num_threads(ggc_work_threads(w, per))
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
         float *row = ggc_work_slice(w, per);
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         ggc_to_float(a->type, ggc_row(a, i1, i2, i3), row, a->ne[0]);
         for (int64_t i0 = 0; i0 < a->ne[0]; i0++) row[i0] += ggc_get_f(b, i0, i1, i2, i3);
         if (ggc_blck_size(d->type) > 1) ggc_from_float(d->type, row, ggc_row(d, i1, i2, i3), d->ne[0]);
@@ -128,7 +115,7 @@ void ggc_op_add_id(const ggc_node *n, ggc_work *w) {
     const ggc_tensor *a = &n->src[0], *b = &n->src[1], *ids = &n->src[2], *d = &n->dst;
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const int64_t e = *(const int32_t *)ggc_ptr(ids, i1, i2, 0, 0);
         for (int64_t i0 = 0; i0 < d->ne[0]; i0++)
             ggc_set_f(d, i0, i1, i2, i3, ggc_get_f(a, i0, i1, i2, i3) + ggc_get_f(b, i0, e, 0, 0));
@@ -144,7 +131,7 @@ void ggc_op_scale(const ggc_node *n, ggc_work *w) {
     const float s = ggc_param_f32(n, 0), b = ggc_param_f32(n, 1);
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         for (int64_t i0 = 0; i0 < d->ne[0]; i0++) {
             const float x = ggc_get_f(a, i0, i1, i2, i3);
             ggc_set_f(d, i0, i1, i2, i3, b == 0.0f ? x * s : fmaf(x, s, b));
@@ -159,7 +146,7 @@ void ggc_op_clamp(const ggc_node *n, ggc_work *w) {
     const float lo = ggc_param_f32(n, 0), hi = ggc_param_f32(n, 1);
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         for (int64_t i0 = 0; i0 < d->ne[0]; i0++) {
             const float x = ggc_get_f(a, i0, i1, i2, i3);
             const float m = x < hi ? x : hi;
@@ -174,7 +161,7 @@ void ggc_op_sum_rows(const ggc_node *n, ggc_work *w) {
     const ggc_tensor *a = &n->src[0], *d = &n->dst;
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         double sum = 0.0;
         for (int64_t i0 = 0; i0 < a->ne[0]; i0++) sum += (double)ggc_get_f(a, i0, i1, i2, i3);
         ggc_set_f(d, 0, i1, i2, i3, (float)sum);
@@ -193,7 +180,7 @@ void ggc_op_concat(const ggc_node *n, ggc_work *w) {
     const int64_t ne0 = d->ne[0] / blck, a0 = a->ne[0] / blck;
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const int in_a = i1 < a->ne[1] && i2 < a->ne[2] && i3 < a->ne[3];
         for (int64_t i0 = 0; i0 < ne0; i0++) {
             const void *src = in_a && i0 < a0 ? ggc_ptr(a, i0, i1, i2, i3)
@@ -357,7 +344,7 @@ void ggc_op_argsort(const ggc_node *n, ggc_work *w) {
     const int desc = n->op_params[0] == 1;
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const sort_ctx c = {(const char *)ggc_row(a, i1, i2, i3), a->nb[0], desc};
         int32_t *idx = ggc_row(d, i1, i2, i3);
         for (int64_t i = 0; i < d->ne[0]; i++) idx[i] = (int32_t)i;
@@ -377,7 +364,7 @@ void ggc_op_top_k(const ggc_node *n, ggc_work *w) {
     #pragma omp parallel for num_threads(ggc_work_threads(w, per))
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
         int32_t *tmp = ggc_work_slice(w, per);
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const sort_ctx c = {(const char *)ggc_row(a, i1, i2, i3), a->nb[0], 1};
         for (int64_t i = 0; i < ne00; i++) tmp[i] = (int32_t)i;
         heap_select(&c, tmp, k, ne00);
@@ -434,7 +421,7 @@ static void unary_map(const ggc_node *n, map1_fn f, row1_fn row_f32) {
     const int fast = f32_rows(a) && f32_rows(d);
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         if (fast) {
             const float *x = ggc_row(a, i1, i2, i3);
             float *y = ggc_row(d, i1, i2, i3);
@@ -507,7 +494,7 @@ static void glu_map(const ggc_node *n, map2_fn f, row2_fn row_f32) {
     const int fast = f32_rows(a) && f32_rows(b) && f32_rows(d);
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         if (fast) {
             const float *x = (const float *)ggc_row(a, i1, i2, i3) + ox;
             const float *g = (const float *)ggc_row(b, i1, i2, i3) + og;

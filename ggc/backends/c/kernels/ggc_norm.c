@@ -8,11 +8,18 @@
 
 #include "ggc.h"
 
-#define ROW_INDEX(t, r, i1, i2, i3)                                                                  \
-    const int64_t i1 = (r) % (t)->ne[1], i2 = ((r) / (t)->ne[1]) % (t)->ne[2],                       \
-                  i3 = (r) / ((t)->ne[1] * (t)->ne[2])
 
 static inline float elem(const char *row, size_t nb, int64_t i) { return *(const float *)(row + i * (int64_t)nb); }
+
+/* sum of squares of a row in double, each square rounded to float first, as ggml does */
+static double sum_sq(const char *x, size_t nb, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = elem(x, nb, i);
+        s += (double)(v * v);
+    }
+    return s;
+}
 static inline float *elem_w(char *row, size_t nb, int64_t i) { return (float *)(row + i * (int64_t)nb); }
 
 /* y = x - mean; returns mean((x - mean)^2) as ggml_vec_cvar_f32 sums it */
@@ -45,7 +52,7 @@ void ggc_op_norm(const ggc_node *n, ggc_work *w) {
     const int unit = a->nb[0] == sizeof(float) && d->nb[0] == sizeof(float);
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const char *x = ggc_row(a, i1, i2, i3);
         char *y = ggc_row(d, i1, i2, i3);
         if (unit) {
@@ -80,14 +87,10 @@ void ggc_op_rms_norm(const ggc_node *n, ggc_work *w) {
     const int64_t ne0 = a->ne[0];
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const char *x = ggc_row(a, i1, i2, i3);
         char *y = ggc_row(d, i1, i2, i3);
-        double s = 0.0;
-        for (int64_t i = 0; i < ne0; i++) {
-            const float v = elem(x, a->nb[0], i);
-            s += (double)(v * v);
-        }
+        const double s = sum_sq(x, a->nb[0], ne0);
         const float mean = (float)(s / (double)ne0);
         const float scale = 1.0f / sqrtf(mean + eps);
         for (int64_t i = 0; i < ne0; i++) *elem_w(y, d->nb[0], i) = elem(x, a->nb[0], i) * scale;
@@ -102,14 +105,10 @@ void ggc_op_l2_norm(const ggc_node *n, ggc_work *w) {
     const int64_t ne0 = a->ne[0];
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
         const char *x = ggc_row(a, i1, i2, i3);
         char *y = ggc_row(d, i1, i2, i3);
-        double s = 0.0;
-        for (int64_t i = 0; i < ne0; i++) {
-            const float v = elem(x, a->nb[0], i);
-            s += (double)(v * v);
-        }
+        const double s = sum_sq(x, a->nb[0], ne0);
         const float scale = 1.0f / fmaxf(sqrtf((float)s), eps);
         for (int64_t i = 0; i < ne0; i++) *elem_w(y, d->nb[0], i) = elem(x, a->nb[0], i) * scale;
     }

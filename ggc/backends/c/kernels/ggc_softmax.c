@@ -13,9 +13,6 @@
 
 #include "ggc.h"
 
-#define ROW_INDEX(t, r, i1, i2, i3)                                                                  \
-    const int64_t i1 = (r) % (t)->ne[1], i2 = ((r) / (t)->ne[1]) % (t)->ne[2],                       \
-                  i3 = (r) / ((t)->ne[1] * (t)->ne[2])
 
 float ggc_expf_vec(float x); /* ggc_elementwise.c */
 double ggc_softmax_exp_row(int64_t n, float *y, const float *x, float max);
@@ -37,7 +34,7 @@ double ggc_softmax_exp_row(int64_t n, float *y, const float *x, float max) {
 }
 
 /* ALiBi slope of head h (1 without max_bias), as ggml computes it */
-static float alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
+float ggc_alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
     if (!(max_bias > 0.0f)) return 1.0f;
     const uint32_t n_head_log2 = 1u << (uint32_t)floor(log2((double)n_head));
     const float m0 = powf(2.0f, -(max_bias) / (float)n_head_log2);
@@ -54,8 +51,8 @@ void ggc_op_soft_max(const ggc_node *n, ggc_work *w) {
     const int64_t ne0 = a->ne[0];
     #pragma omp parallel for
     for (int64_t r = 0; r < ggc_nrows(d); r++) {
-        ROW_INDEX(d, r, i1, i2, i3);
-        const float slope = alibi_slope(max_bias, (uint32_t)a->ne[2], (uint32_t)i2);
+        GGC_ROW_INDEX(d, r, i1, i2, i3);
+        const float slope = ggc_alibi_slope(max_bias, (uint32_t)a->ne[2], (uint32_t)i2);
         float *y = ggc_row(d, i1, i2, i3);
         for (int64_t i = 0; i < ne0; i++) y[i] = *(const float *)ggc_ptr(a, i, i1, i2, i3) * scale;
         if (mask) {
