@@ -141,6 +141,74 @@ def cmd_compile(a: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PROMPT = "Once upon a time, in a quiet village by the sea, there lived an old fisherman who"
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .llm.model import Model
+    from .llm.sampling import Sampler
+
+    builtin = a.model is None
+    path = _model_arg(a)
+    if builtin:
+        print("ggc: the built-in model has random weights, so its text is gibberish; the speed figures are real",
+              file=sys.stderr)
+    prompt = a.prompt if a.prompt is not None else DEFAULT_PROMPT
+    sampler = Sampler(a.temp, a.top_k, a.top_p, a.seed)
+    with Model(path, target=a.target, ctx=a.ctx, batch=a.batch, threads=a.threads) as m:
+        st = m.stats
+        print(f"ggc: ready in {st.start_s:.1f}s ({'cached program' if st.cached else 'compiled now'})", file=sys.stderr)
+        toks: list[int] = []
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        pending = b""
+        for tok in m.stream(prompt, a.n, sampler):
+            toks.append(tok)
+            pending += m.piece(tok)
+            try:  # stream whole UTF-8 characters only
+                sys.stdout.write(pending.decode("utf-8"))
+                pending = b""
+            except UnicodeDecodeError:
+                pass
+            sys.stdout.flush()
+        sys.stdout.write(pending.decode("utf-8", errors="replace") + "\n")
+        print(st.line())
+        if a.check:
+            return _check(a, path, m.tokenize(prompt), toks)
+    return 0
+
+
+def _check(a: argparse.Namespace, path: Path, prompt: list[int], ours: list[int]) -> int:
+    """Greedy tokens from llama.cpp itself, on the same prompt split into the same batches."""
+    import numpy as np
+
+    from .capture.llama import LlamaSession, SessionOptions
+
+    if a.temp > 0:
+        raise GgcError("--check compares greedy decoding: drop --temp")
+    with LlamaSession(path, SessionOptions(n_ctx=a.ctx, n_batch=a.batch)) as s:
+        pos = 0
+        while len(prompt) - pos >= a.batch and a.batch > 1:
+            s.decode(prompt[pos : pos + a.batch], pos)
+            pos += a.batch
+        for tok in prompt[pos:]:
+            s.decode([tok], pos)
+            pos += 1
+        ref: list[int] = []
+        while len(ref) < len(ours):
+            tok = int(np.argmax(s.logits()))
+            ref.append(tok)
+            if len(ref) < len(ours):
+                s.decode([tok], pos)
+                pos += 1
+    for i, (x, y) in enumerate(zip(ours, ref)):
+        if x != y:
+            print(f"check: FAIL at generated token {i}: ggc {x}, llama.cpp {y}", file=sys.stderr)
+            return 1
+    print(f"check: all {len(ours)} generated tokens equal llama.cpp's greedy tokens")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     """The main job on the built-in model: export decode and prefill, show one, plan and compile
     them to C, and verify both node by node, in ggml and as generated C."""
@@ -225,6 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fuse", action="store_true", help="one kernel per node")
     p.add_argument("--build", action="store_true", help="also run make")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("run", help="generate text from a GGUF with a generated program")
+    p.add_argument("model", nargs="?", help="MODEL.gguf (default: built-in tiny model)")
+    p.add_argument("-p", "--prompt", help="the prompt (default: a short story opening)")
+    p.add_argument("-n", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--target", default="c", help="c or cuda (cuda falls back to c where unavailable)")
+    p.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("--batch", type=int, default=32, help="prefill batch size (default 32)")
+    p.add_argument("--threads", type=int, help="threads for an OpenMP build")
+    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy (default)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--check", action="store_true",
+                   help="also run llama.cpp greedily and fail on the first token that differs")
+    p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("demo", help="export, show, plan, compile and verify the built-in tiny model")
     p.add_argument("--outdir", default="ggc-demo", help="where the exported graphs go")

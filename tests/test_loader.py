@@ -20,16 +20,20 @@ from ggc.backends.c.emit import RUNTIME_DIR
 
 PROGRAM = r"""
 #include "ggc_program.h"
-const ggc_tensor_info GGC_TENSORS[] = {
+static const ggc_tensor_info T0[] = {
     {0, "a", GGC_TYPE_F32, {8, 4, 1, 1}, {4, 32, 128, 128}, 0, 128, GGC_ROLE_WEIGHT},
     {1, "b", GGC_TYPE_F16, {32, 1, 1, 1}, {2, 64, 64, 64}, 128, 64, GGC_ROLE_WEIGHT},
 };
-const int GGC_N_TENSORS = 2;
-const ggc_node_desc GGC_NODES[] = {{0, {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1}, {0}}};
-const int GGC_N_NODES = 0, GGC_N_GROUPS = 0;
+static const ggc_tensor_info T1[] = {  /* a second graph sharing "b": loaded once */
+    {0, "b", GGC_TYPE_F16, {32, 1, 1, 1}, {2, 64, 64, 64}, 128, 64, GGC_ROLE_WEIGHT},
+};
+static const ggc_node_desc N0[] = {{0, {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1}, {0}}};
+static size_t work_size(const ggc_node *n) { (void)n; return 0; }
+static void run_group(int g, ggc_node *n, ggc_work *w, char *a) { (void)g; (void)n; (void)w; (void)a; }
+const ggc_graph_desc GGC_GRAPHS[] = {{"g0", T0, 2, N0, 0, 0, work_size, run_group},
+                                     {"g1", T1, 1, N0, 0, 0, work_size, run_group}};
+const int GGC_N_GRAPHS = 2;
 const size_t GGC_ARENA_SIZE = 192, GGC_STATE_OFFSET = 192, GGC_STATE_SIZE = 0;
-size_t ggc_program_work_size(const ggc_node *n) { (void)n; return 0; }
-void ggc_program_run_group(int g, ggc_node *n, ggc_work *w, char *a) { (void)g; (void)n; (void)w; (void)a; }
 """
 
 DRIVER = r"""

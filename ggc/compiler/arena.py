@@ -55,10 +55,11 @@ class Plan:
     region_offset: dict[str, int] = field(default_factory=dict)
     region_size: dict[str, int] = field(default_factory=dict)
     reuse: bool = True
+    arena_size: int | None = None  # set when several graphs share one arena (see plan_shared)
 
     @property
     def size(self) -> int:
-        return sum(self.region_size.values())
+        return self.arena_size if self.arena_size is not None else sum(self.region_size.values())
 
     def has_memory(self, t: Tensor) -> bool:
         """False for dead tensors and for intermediates a fused group keeps to itself."""
@@ -183,6 +184,40 @@ def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE) -
         p.region_offset[region] = off
         off += p.region_size[region]
     return p
+
+
+def plan_shared(graphs: list[Graph], reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE) -> list[Plan]:
+    """Plans for graphs that run one at a time on one arena (prefill and decode of one model): the
+    weights (by GGUF name) and the state (by name) are laid out once and shared; each graph's
+    inputs and scratch start after them and may overlap the other graphs' (never live together)."""
+    plans = [plan(g, reuse=reuse, fuse=fuse) for g in graphs]
+    shared: dict[str, dict[str, tuple[int, Tensor]]] = {"weights": {}, "state": {}}
+    offs = {"weights": 0, "state": 0}
+    for p in plans:
+        for b in p.buffers.values():
+            if b.region not in shared:
+                continue
+            t = b.tensor
+            key = t.data.name if b.region == "weights" and t.data is not None else t.name  # type: ignore[union-attr]
+            seen = shared[b.region].get(key)
+            if seen is None:
+                shared[b.region][key] = (offs[b.region], t)
+                offs[b.region] += b.size
+            elif (seen[1].type, seen[1].ne, seen[1].nb) != (t.type, t.ne, t.nb):
+                raise GgcError(f"{key!r} differs between the graphs: {seen[1].type.name} {list(seen[1].ne)} "
+                               f"vs {t.type.name} {list(t.ne)}")
+            b.offset = shared[b.region][key][0]
+    arena = 0
+    for p in plans:
+        p.region_size["weights"], p.region_size["state"] = offs["weights"], offs["state"]
+        off = 0
+        for region in REGIONS:
+            p.region_offset[region] = off
+            off += p.region_size[region]
+        arena = max(arena, off)
+    for p in plans:
+        p.arena_size = arena
+    return plans
 
 
 def _inplace(p: Plan, graph: Graph, groups: list[Group], outputs: set[int]) -> None:

@@ -32,6 +32,7 @@ class CProgram:
 
     def __init__(self, compiled: CompiledC, openmp: bool = False) -> None:
         self.compiled = compiled
+        self.plans = compiled.plans
         self.plan = compiled.plan
         lib_path = build(compiled, openmp=openmp)
         self.lib = C.CDLL(str(lib_path.resolve()))
@@ -39,11 +40,12 @@ class CProgram:
         L.ggc_model_create.restype = C.c_void_p
         L.ggc_model_free.argtypes = [C.c_void_p]
         L.ggc_model_load_weights.argtypes = [C.c_void_p, C.c_char_p, C.c_char_p, C.c_size_t]
-        L.ggc_model_run.argtypes = [C.c_void_p]
-        L.ggc_model_run_group.argtypes = [C.c_void_p, C.c_int]
+        L.ggc_model_run_graph.argtypes = [C.c_void_p, C.c_int]
+        L.ggc_model_run_group.argtypes = [C.c_void_p, C.c_int, C.c_int]
         L.ggc_model_arena.restype = C.c_void_p
         L.ggc_model_arena.argtypes = [C.c_void_p]
         L.ggc_model_arena_size.restype = C.c_size_t
+        L.ggc_model_reset_state.argtypes = [C.c_void_p]
         L.ggc_model_set_threads.argtypes = [C.c_void_p, C.c_int]
         L.ggc_model_set_threads.restype = C.c_int
         if L.ggc_model_arena_size() != self.plan.size:
@@ -73,20 +75,25 @@ class CProgram:
         if self.lib.ggc_model_set_threads(self.m, n) != 0:
             raise GgcError(f"out of memory for kernel work memory with {n} threads")
 
-    def _addr(self, t: Tensor) -> int:
-        return self.arena + self.plan.offset_of(t)
+    def address(self, t: Tensor, graph: int = 0) -> int:
+        """Where tensor t of graph `graph` lives in the arena."""
+        return self.arena + self.plans[graph].offset_of(t)
 
-    def set(self, t: Tensor, data: bytes) -> None:
+    def set(self, t: Tensor, data: bytes, graph: int = 0) -> None:
         """Write a tensor's bytes (its span from the first element, strides as in the graph)."""
         if len(data) != t.nbytes:
             raise GgcError(f"{t.label()}: {len(data)} bytes given, the tensor spans {t.nbytes}")
-        C.memmove(self._addr(t), data, len(data))
+        C.memmove(self.address(t, graph), data, len(data))
 
-    def get(self, t: Tensor) -> bytes:
-        return C.string_at(self._addr(t), t.nbytes)
+    def get(self, t: Tensor, graph: int = 0) -> bytes:
+        return C.string_at(self.address(t, graph), t.nbytes)
 
-    def run(self) -> None:
-        self.lib.ggc_model_run(self.m)
+    def reset_state(self) -> None:
+        """Zero the KV cache."""
+        self.lib.ggc_model_reset_state(self.m)
 
-    def run_group(self, g: int) -> None:
-        self.lib.ggc_model_run_group(self.m, g)
+    def run(self, graph: int = 0) -> None:
+        self.lib.ggc_model_run_graph(self.m, graph)
+
+    def run_group(self, g: int, graph: int = 0) -> None:
+        self.lib.ggc_model_run_group(self.m, graph, g)

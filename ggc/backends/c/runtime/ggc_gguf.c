@@ -147,6 +147,25 @@ static const char *TYPE_NAMES[GGC_TYPE_COUNT] = {
     "q8_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K",
 };
 
+/* the weights of every graph, each GGUF tensor once (graphs share them at the same offset) */
+static int n_weights(void) {
+    int n = 0;
+    for (int g = 0; g < GGC_N_GRAPHS; g++) n += GGC_GRAPHS[g].n_tensors;
+    return n;
+}
+static const ggc_tensor_info *weight(int k) {
+    int g = 0;
+    while (k >= GGC_GRAPHS[g].n_tensors) k -= GGC_GRAPHS[g++].n_tensors;
+    const ggc_tensor_info *w = &GGC_GRAPHS[g].tensors[k];
+    if (w->role != GGC_ROLE_WEIGHT) return NULL;
+    for (int h = 0; h < g; h++)
+        for (int i = 0; i < GGC_GRAPHS[h].n_tensors; i++) {
+            const ggc_tensor_info *o = &GGC_GRAPHS[h].tensors[i];
+            if (o->role == GGC_ROLE_WEIGHT && o->offset == w->offset) return NULL;
+        }
+    return w;
+}
+
 static int load(reader *r, char *arena) {
     char magic[4];
     uint32_t version, alignment = 32;
@@ -193,9 +212,9 @@ static int load(reader *r, char *arena) {
         fail(r, "the data section starts past the end of the file");
         goto done;
     }
-    for (int k = 0; k < GGC_N_TENSORS; k++) {
-        const ggc_tensor_info *w = &GGC_TENSORS[k];
-        if (w->role != GGC_ROLE_WEIGHT) continue;
+    for (int k = 0; k < n_weights(); k++) {
+        const ggc_tensor_info *w = weight(k);
+        if (!w) continue; /* shared with an earlier graph: loaded once */
         const tensor_info *t = NULL;
         for (uint64_t i = 0; i < n_tensors && !t; i++)
             if (strcmp(infos[i].name, w->name) == 0) t = &infos[i];

@@ -1,7 +1,8 @@
 /* A small command-line driver for a generated program:
  *
- *   ./model MODEL.gguf [-i NAME=FILE]... [-o NAME=FILE]... [-t THREADS] [-r RUNS] [--list]
+ *   ./model MODEL.gguf [-g GRAPH] [-i NAME=FILE]... [-o NAME=FILE]... [-t THREADS] [-r RUNS] [--list]
  *
+ * GRAPH names one of the program's graphs (say prefill or decode); the default is the first.
  * Inputs and outputs are raw little-endian tensor bytes; NAME may end in #K for the K-th tensor
  * of that name. Errors go to stderr with exit status 2.
  */
@@ -29,9 +30,11 @@ static int split(const char *arg, char *name, size_t cap, const char **file, int
     return 0;
 }
 
+static int graph = 0;
+
 static const ggc_tensor_info *info_of(const char *name, int k, int role) {
-    for (int i = 0; i < ggc_model_n_tensors(); i++) {
-        const ggc_tensor_info *t = ggc_model_tensor(i);
+    for (int i = 0; i < ggc_model_n_tensors(graph); i++) {
+        const ggc_tensor_info *t = ggc_model_tensor(graph, i);
         if (t->role == role && strcmp(t->name, name) == 0 && k-- == 0) return t;
     }
     return NULL;
@@ -44,13 +47,16 @@ static int die(const char *msg, const char *what) {
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        fprintf(stderr, "usage: %s MODEL.gguf [-i NAME=FILE]... [-o NAME=FILE]... [-t THREADS] [-r RUNS] [--list]\n",
+        fprintf(stderr, "usage: %s MODEL.gguf [-g GRAPH] [-i NAME=FILE]... [-o NAME=FILE]... [-t N] [-r RUNS] [--list]\n",
                 argv[0]);
         return 2;
     }
+    for (int a = 1; a + 1 < argc; a++)
+        if (!strcmp(argv[a], "-g") && (graph = ggc_model_find_graph(argv[a + 1])) < 0) return die("no graph named ", argv[a + 1]);
     if (!strcmp(argv[1], "--list")) {
-        for (int i = 0; i < ggc_model_n_tensors(); i++) {
-            const ggc_tensor_info *t = ggc_model_tensor(i);
+        for (int g = 0; g < ggc_model_n_graphs(); g++) printf("graph   %s\n", ggc_model_graph_name(g));
+        for (int i = 0; i < ggc_model_n_tensors(graph); i++) {
+            const ggc_tensor_info *t = ggc_model_tensor(graph, i);
             if (t->role != GGC_ROLE_SCRATCH && t->role != GGC_ROLE_VIEW)
                 printf("%-7s %-32s [%lld, %lld, %lld, %lld] %zu bytes\n", ROLES[t->role], t->name, (long long)t->ne[0],
                        (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], t->nbytes);
@@ -83,8 +89,8 @@ int main(int argc, char **argv) {
             int extra = fgetc(f) != EOF;
             fclose(f);
             if (got != t->nbytes || extra) { rc = die("input file size differs from the tensor's: ", file); break; }
-        } else if (!strcmp(argv[a], "-o") && a + 1 < argc) {
-            a++; /* handled after the run */
+        } else if ((!strcmp(argv[a], "-o") || !strcmp(argv[a], "-g")) && a + 1 < argc) {
+            a++; /* -o is handled after the run, -g before */
         } else {
             rc = die("unknown argument ", argv[a]);
         }
@@ -92,7 +98,7 @@ int main(int argc, char **argv) {
     if (rc == 0) {
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (int r = 0; r < runs; r++) ggc_model_run(m);
+        for (int r = 0; r < runs; r++) ggc_model_run_graph(m, graph);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double ms = ((double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6) / runs;
         fprintf(stderr, "%d run(s), %.3f ms per run\n", runs, ms);

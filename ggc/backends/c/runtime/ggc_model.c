@@ -1,4 +1,4 @@
-/* The runtime of a generated program: the arena, the kernel nodes, the C API. */
+/* The runtime of a generated program: the arena, the kernel nodes of each graph, the C API. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,7 +8,7 @@
 
 struct ggc_model {
     char *arena;
-    ggc_node *nodes;
+    ggc_node *nodes[16]; /* per graph */
     ggc_work work;
     size_t work_per_thread; /* kernels' ggc_work_<op> sizes are per thread */
 };
@@ -29,20 +29,28 @@ static void fill_tensor(ggc_tensor *t, const ggc_tensor_info *info, char *arena)
     }
 }
 
+static int valid_graph(int g) { return g >= 0 && g < GGC_N_GRAPHS; }
+
 ggc_model *ggc_model_create(void) {
+    if (GGC_N_GRAPHS > 16) return NULL;
     ggc_model *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     m->arena = aligned_zalloc(GGC_ARENA_SIZE);
-    m->nodes = calloc(GGC_N_NODES ? (size_t)GGC_N_NODES : 1, sizeof *m->nodes);
-    if (!m->arena || !m->nodes) goto fail;
-    for (int i = 0; i < GGC_N_NODES; i++) {
-        const ggc_node_desc *d = &GGC_NODES[i];
-        fill_tensor(&m->nodes[i].dst, &GGC_TENSORS[d->dst], m->arena);
-        for (int j = 0; j < GGC_MAX_SRC; j++)
-            if (d->src[j] >= 0) fill_tensor(&m->nodes[i].src[j], &GGC_TENSORS[d->src[j]], m->arena);
-        memcpy(m->nodes[i].op_params, d->op_params, sizeof d->op_params);
+    if (!m->arena) goto fail;
+    for (int g = 0; g < GGC_N_GRAPHS; g++) {
+        const ggc_graph_desc *G = &GGC_GRAPHS[g];
+        m->nodes[g] = calloc(G->n_nodes ? (size_t)G->n_nodes : 1, sizeof(ggc_node));
+        if (!m->nodes[g]) goto fail;
+        for (int i = 0; i < G->n_nodes; i++) {
+            const ggc_node_desc *d = &G->nodes[i];
+            fill_tensor(&m->nodes[g][i].dst, &G->tensors[d->dst], m->arena);
+            for (int j = 0; j < GGC_MAX_SRC; j++)
+                if (d->src[j] >= 0) fill_tensor(&m->nodes[g][i].src[j], &G->tensors[d->src[j]], m->arena);
+            memcpy(m->nodes[g][i].op_params, d->op_params, sizeof d->op_params);
+        }
+        size_t w = G->work_size(m->nodes[g]);
+        if (w > m->work_per_thread) m->work_per_thread = w;
     }
-    m->work_per_thread = ggc_program_work_size(m->nodes);
     m->work.size = m->work_per_thread;
     m->work.data = aligned_zalloc(m->work.size);
     m->work.n_threads = 1;
@@ -56,7 +64,7 @@ fail:
 void ggc_model_free(ggc_model *m) {
     if (!m) return;
     free(m->arena);
-    free(m->nodes);
+    for (int g = 0; g < 16; g++) free(m->nodes[g]);
     free(m->work.data);
     free(m);
 }
@@ -65,23 +73,38 @@ int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err
     return ggc_gguf_load(path, m->arena, err, err_len);
 }
 
-static void *find(ggc_model *m, const char *name, int k, int role) {
-    for (int i = 0; i < GGC_N_TENSORS; i++) {
-        const ggc_tensor_info *t = &GGC_TENSORS[i];
+int ggc_model_n_graphs(void) { return GGC_N_GRAPHS; }
+const char *ggc_model_graph_name(int g) { return valid_graph(g) ? GGC_GRAPHS[g].name : NULL; }
+int ggc_model_find_graph(const char *name) {
+    for (int g = 0; g < GGC_N_GRAPHS; g++)
+        if (strcmp(GGC_GRAPHS[g].name, name) == 0) return g;
+    return -1;
+}
+
+static void *find(ggc_model *m, int g, const char *name, int k, int role) {
+    if (!valid_graph(g)) return NULL;
+    for (int i = 0; i < GGC_GRAPHS[g].n_tensors; i++) {
+        const ggc_tensor_info *t = &GGC_GRAPHS[g].tensors[i];
         if (t->role == role && strcmp(t->name, name) == 0 && k-- == 0) return m->arena + t->offset;
     }
     return NULL;
 }
 
-void *ggc_model_input(ggc_model *m, const char *name, int k) { return find(m, name, k, GGC_ROLE_INPUT); }
-const void *ggc_model_output(ggc_model *m, const char *name, int k) { return find(m, name, k, GGC_ROLE_OUTPUT); }
-
-void ggc_model_run(ggc_model *m) {
-    for (int g = 0; g < GGC_N_GROUPS; g++) ggc_program_run_group(g, m->nodes, &m->work, m->arena);
+void *ggc_model_graph_input(ggc_model *m, int g, const char *name, int k) { return find(m, g, name, k, GGC_ROLE_INPUT); }
+const void *ggc_model_graph_output(ggc_model *m, int g, const char *name, int k) {
+    return find(m, g, name, k, GGC_ROLE_OUTPUT);
 }
+void *ggc_model_input(ggc_model *m, const char *name, int k) { return find(m, 0, name, k, GGC_ROLE_INPUT); }
+const void *ggc_model_output(ggc_model *m, const char *name, int k) { return find(m, 0, name, k, GGC_ROLE_OUTPUT); }
 
-void ggc_model_run_group(ggc_model *m, int g) {
-    if (g >= 0 && g < GGC_N_GROUPS) ggc_program_run_group(g, m->nodes, &m->work, m->arena);
+void ggc_model_run_graph(ggc_model *m, int g) {
+    if (!valid_graph(g)) return;
+    for (int i = 0; i < GGC_GRAPHS[g].n_groups; i++) GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->work, m->arena);
+}
+void ggc_model_run(ggc_model *m) { ggc_model_run_graph(m, 0); }
+
+void ggc_model_run_group(ggc_model *m, int g, int i) {
+    if (valid_graph(g) && i >= 0 && i < GGC_GRAPHS[g].n_groups) GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->work, m->arena);
 }
 
 int ggc_model_set_threads(ggc_model *m, int n_threads) {
@@ -94,9 +117,12 @@ int ggc_model_set_threads(ggc_model *m, int n_threads) {
     m->work.n_threads = n_threads;
     return 0;
 }
+
 void ggc_model_reset_state(ggc_model *m) { memset(m->arena + GGC_STATE_OFFSET, 0, GGC_STATE_SIZE); }
-int ggc_model_n_tensors(void) { return GGC_N_TENSORS; }
-const ggc_tensor_info *ggc_model_tensor(int i) { return i >= 0 && i < GGC_N_TENSORS ? &GGC_TENSORS[i] : NULL; }
+int ggc_model_n_tensors(int g) { return valid_graph(g) ? GGC_GRAPHS[g].n_tensors : 0; }
+const ggc_tensor_info *ggc_model_tensor(int g, int i) {
+    return valid_graph(g) && i >= 0 && i < GGC_GRAPHS[g].n_tensors ? &GGC_GRAPHS[g].tensors[i] : NULL;
+}
 void *ggc_model_arena(ggc_model *m) { return m->arena; }
 size_t ggc_model_arena_size(void) { return GGC_ARENA_SIZE; }
-int ggc_model_n_groups(void) { return GGC_N_GROUPS; }
+int ggc_model_n_groups(int g) { return valid_graph(g) ? GGC_GRAPHS[g].n_groups : 0; }

@@ -46,22 +46,31 @@ void ggc_model_free(ggc_model *m);
  * Returns 0, or -1 with a message in err. */
 int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err_len);
 
+/* A program may hold several graphs over the same arena (weights and state shared), for example
+ * "prefill" and "decode"; graph 0 is the default of the calls without a graph argument. */
+int ggc_model_n_graphs(void);
+const char *ggc_model_graph_name(int graph);
+int ggc_model_find_graph(const char *name); /* -1 when absent */
+
 /* Pointer to the k-th input (or output) of this name, NULL if there is none. */
 void *ggc_model_input(ggc_model *m, const char *name, int k);
 const void *ggc_model_output(ggc_model *m, const char *name, int k);
+void *ggc_model_graph_input(ggc_model *m, int graph, const char *name, int k);
+const void *ggc_model_graph_output(ggc_model *m, int graph, const char *name, int k);
 
-/* Run every kernel group in order. */
+/* Run every kernel group of a graph in order. */
 void ggc_model_run(ggc_model *m);
+void ggc_model_run_graph(ggc_model *m, int graph);
 int ggc_model_set_threads(ggc_model *m, int n_threads); /* OpenMP builds; 0, or -1 when out of memory */
 void ggc_model_reset_state(ggc_model *m);  /* zero the KV cache */
 
 /* Introspection: the tensors that have memory, the arena, and one kernel group at a time. */
-int ggc_model_n_tensors(void);
-const ggc_tensor_info *ggc_model_tensor(int i);
+int ggc_model_n_tensors(int graph);
+const ggc_tensor_info *ggc_model_tensor(int graph, int i);
 void *ggc_model_arena(ggc_model *m);
 size_t ggc_model_arena_size(void);
-int ggc_model_n_groups(void);
-void ggc_model_run_group(ggc_model *m, int g);
+int ggc_model_n_groups(int graph);
+void ggc_model_run_group(ggc_model *m, int graph, int g);
 
 #ifdef __cplusplus
 }

@@ -6,23 +6,27 @@
 #include "ggc_model.h"
 
 typedef struct {
-    int dst;                    /* index into GGC_TENSORS */
-    int src[GGC_MAX_SRC];       /* index into GGC_TENSORS, -1 when absent */
+    int dst;                    /* index into the graph's tensors */
+    int src[GGC_MAX_SRC];       /* index into the graph's tensors, -1 when absent */
     int32_t op_params[GGC_MAX_OP_PARAMS];
 } ggc_node_desc;
 
-extern const ggc_tensor_info GGC_TENSORS[];
-extern const int GGC_N_TENSORS;
-extern const ggc_node_desc GGC_NODES[];
-extern const int GGC_N_NODES;
-extern const int GGC_N_GROUPS;
+/* one graph of the program (say prefill or decode); all graphs share the arena */
+typedef struct {
+    const char *name;
+    const ggc_tensor_info *tensors;
+    int n_tensors;
+    const ggc_node_desc *nodes;
+    int n_nodes;
+    int n_groups;
+    size_t (*work_size)(const ggc_node *nodes);                     /* kernel work bytes, per thread */
+    void (*run_group)(int g, ggc_node *nodes, ggc_work *work, char *arena); /* run kernel group g */
+} ggc_graph_desc;
+
+extern const ggc_graph_desc GGC_GRAPHS[];
+extern const int GGC_N_GRAPHS;
 extern const size_t GGC_ARENA_SIZE;
 extern const size_t GGC_STATE_OFFSET, GGC_STATE_SIZE;
-
-/* bytes of kernel work memory the nodes need */
-size_t ggc_program_work_size(const ggc_node *nodes);
-/* run kernel group g */
-void ggc_program_run_group(int g, ggc_node *nodes, ggc_work *work, char *arena);
 
 /* the GGUF loader (ggc_gguf.c): fill every weight of the arena from a file */
 int ggc_gguf_load(const char *path, char *arena, char *err, size_t err_len);

@@ -1,0 +1,110 @@
+"""Fill a captured llama.cpp graph's inputs for a batch of tokens, as llama.cpp does.
+
+One sequence, cells in order: with llama.cpp's default full-size caches the token at position p
+lives in KV cell p of every cache, so the slot indices are the positions. The mask row of a token
+at position p keeps (0) the cells 0..p and drops (-inf) the others; a sliding-window layer also
+drops cells at or beyond its window (p - p_cell >= n_swa), as llama_hparams::is_masked_swa does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import GgcError
+from ..formats.gguf_file import GgufFile
+from ..ir.graph import Graph, Tensor
+
+_NP = {"i32": np.int32, "i64": np.int64, "f32": np.float32, "f16": np.float16}
+
+
+@dataclass
+class Swa:
+    """Sliding-window attention of a model: window size and which layers use it."""
+
+    n_swa: int
+    layers: frozenset[int]
+
+    @classmethod
+    def from_gguf(cls, gf: GgufFile, n_layer: int) -> Swa:
+        arch = str(gf.metadata.get("general.architecture", ""))
+        n_swa = int(gf.metadata.get(f"{arch}.attention.sliding_window", 0) or 0)
+        if n_swa <= 0:
+            return cls(0, frozenset())
+        pattern = gf.metadata.get(f"{arch}.attention.sliding_window_pattern")
+        if isinstance(pattern, list):  # one bool per layer
+            return cls(n_swa, frozenset(i for i, v in enumerate(pattern) if v))
+        # llama.cpp's default pattern for these architectures: the last layer of every n is dense
+        n = int(pattern) if pattern is not None else {"gemma3": 6, "gemma2": 2, "cohere2": 4}.get(arch, 0)
+        if n <= 0:
+            return cls(n_swa, frozenset(range(n_layer)))
+        return cls(n_swa, frozenset(i for i in range(n_layer) if i % n < n - 1))
+
+
+def _layer_of_mask(graph: Graph, mask: Tensor) -> int | None:
+    """The layer whose attention reads this mask: from the KV cache its attention node also reads."""
+    for u in graph.consumers()[mask.id]:
+        for s in u.src:
+            r = s.view_src if s is not None and s.view_src is not None else s
+            m = re.fullmatch(r"cache_k_l(\d+)", r.name) if r is not None else None
+            if m:
+                return int(m.group(1))
+    return None
+
+
+class InputFiller:
+    """Knows every input of one graph and how to fill it for (tokens, first position)."""
+
+    def __init__(self, graph: Graph, swa: Swa) -> None:
+        self.graph = graph
+        self.swa = swa
+        users = graph.consumers()
+        self.inputs = [t for t in graph.leafs if "input" in t.flags and users[t.id]]
+        self.n_tokens = int(graph.meta.get("n_tokens", 0))
+        for t in self.inputs:
+            if not self._known(t.name):
+                raise GgcError(f"ggc run does not know how to fill the input {t.label()} of this architecture")
+        self.mask_is_swa = {t.id: (_layer_of_mask(graph, t) in swa.layers) for t in self.inputs if "mask" in t.name}
+
+    @staticmethod
+    def _known(name: str) -> bool:
+        return name in ("inp_tokens", "inp_pos", "out_ids") or name.endswith(("_k_idxs", "_v_idxs", "kq_mask"))
+
+    def values(self, tokens: list[int], pos0: int) -> dict[int, bytes]:
+        """Bytes for every input, by tensor id."""
+        n = len(tokens)
+        if n != self.n_tokens:
+            raise GgcError(f"this graph takes {self.n_tokens} tokens, got {n}")
+        pos = np.arange(pos0, pos0 + n)
+        out: dict[int, bytes] = {}
+        for t in self.inputs:
+            dt = _NP.get(t.type.name)
+            if dt is None:
+                raise GgcError(f"{t.label()}: unexpected input type {t.type.name}")
+            if t.name == "inp_tokens":
+                v = np.asarray(tokens)
+            elif t.name == "inp_pos":
+                v = pos if t.nelements == n else np.tile(pos, t.nelements // n)  # M-RoPE repeats positions
+            elif t.name == "out_ids":
+                v = np.arange(n - t.nelements, n)  # the last n_outputs tokens
+            elif t.name.endswith(("_k_idxs", "_v_idxs")):
+                v = pos
+            else:
+                v = self._mask(t, pos, self.mask_is_swa[t.id])
+            if np.asarray(v).size != t.nelements:
+                raise GgcError(f"{t.label()}: cannot fill {t.nelements} elements for a batch of {n}")
+            out[t.id] = np.ascontiguousarray(np.asarray(v).astype(dt)).tobytes()
+        return out
+
+    def _mask(self, t: Tensor, pos: np.ndarray, swa: bool) -> np.ndarray:
+        n_kv, n_rows = t.ne[0], t.ne[1]
+        cells = np.arange(n_kv)[None, :]
+        q = np.full(n_rows, -1)
+        q[: len(pos)] = pos  # rows past the batch (padding) see nothing
+        keep = (cells <= q[:, None]) & (q[:, None] >= 0)
+        if swa:
+            keep &= (q[:, None] - cells) < self.swa.n_swa
+        m = np.where(keep, 0.0, -np.inf).astype(np.float32)
+        return np.broadcast_to(m, (t.ne[3], t.ne[2], n_rows, n_kv)).reshape(-1)

@@ -1,0 +1,251 @@
+"""Text generation with a generated program: ggc.Model("m.gguf").generate("prompt", n=64).
+
+llama.cpp (through llama-cpp-python) provides the tokenizer and the two graphs, captured once: a
+prefill graph for a batch of B tokens and a decode graph for one. Both are compiled into one
+program on one arena, so the weights are loaded once and the KV cache is shared state. The
+program is cached on disk under a hash of the graphs and the compiler, so a second start only
+loads it. A prompt runs in chunks of B tokens, and the rest one token at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import GgcError
+from .inputs import InputFiller, Swa
+from .sampling import Sampler
+
+Progress = Callable[[str], None]
+TARGETS = ("c", "cuda")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GGC_CACHE", Path.home() / ".cache" / "ggc"))
+
+
+def _compiler_fingerprint() -> str:
+    """Everything of ggc that shapes a generated program."""
+    from ..backends.c.abi import KERNEL_DIR
+    from ..backends.c.emit import RUNTIME_DIR
+
+    h = hashlib.sha256(__version__.encode())
+    pkg = Path(__file__).parents[1]
+    for d in (KERNEL_DIR, RUNTIME_DIR, pkg / "backends" / "c", pkg / "compiler", pkg / "runtime"):
+        for p in sorted(d.iterdir()):
+            if p.suffix in (".c", ".h", ".py"):
+                h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    prompt_s: float = 0.0
+    gen_tokens: int = 0
+    gen_s: float = 0.0
+    target: str = "c"
+    start_s: float = 0.0
+    cached: bool = False
+
+    def line(self) -> str:
+        pp = self.prompt_tokens / self.prompt_s if self.prompt_s else 0.0
+        tg = self.gen_tokens / self.gen_s if self.gen_s else 0.0
+        return (f"prompt {self.prompt_tokens} tokens at {pp:.1f} tok/s, generation {self.gen_tokens} tokens at "
+                f"{tg:.1f} tok/s, target {self.target}")
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    text: str
+    stats: Stats = field(default_factory=Stats)
+
+
+class Model:
+    def __init__(self, path: str | Path, target: str = "c", ctx: int = 4096, batch: int = 32,
+                 threads: int | None = None, progress: Progress | None = _stderr) -> None:
+        from ..capture.llama import LlamaSession, SessionOptions
+        from ..formats.gguf_file import read_gguf
+
+        t0 = time.perf_counter()
+        self.path = Path(path)
+        self.progress = progress or (lambda _msg: None)
+        if target not in TARGETS:
+            raise GgcError(f"unknown target {target!r} (targets: {', '.join(TARGETS)})")
+        target = self._pick_target(target)
+        self.target = target
+        if ctx < 1 or batch < 1 or batch > ctx:
+            raise GgcError(f"need 1 <= --batch ({batch}) <= --ctx ({ctx})")
+        gf = read_gguf(self.path)  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
+        self.ctx, self.batch = ctx, batch
+        self.progress(f"ggc: capturing llama.cpp's graphs for {self.path.name} (ctx {ctx}, batch {batch})")
+        with LlamaSession(self.path, SessionOptions(n_ctx=ctx, n_batch=batch)) as s:
+            self._vocab_from(s)
+            prefill, _ = s.capture(batch, 1)
+            decode, _ = s.capture(1, 1) if batch > 1 else (prefill, None)
+        self.graphs = [prefill, decode]
+        n_layer = max((int(t.name[9:]) + 1 for t in prefill.leafs if t.name.startswith("cache_k_l")), default=0)
+        swa = Swa.from_gguf(gf, n_layer)
+        self.fillers = [InputFiller(g, swa) for g in self.graphs]
+        self.program, cached = self._build()
+        self.program.load_weights(self.path)
+        if threads:
+            self.program.set_threads(threads)
+        self.n_past = 0
+        self.stats = Stats(target=target, start_s=time.perf_counter() - t0, cached=cached)
+
+    # ---- set-up
+    def _pick_target(self, target: str) -> str:
+        if target == "cuda":
+            self.progress("ggc: the CUDA target is not available yet in this version; using the C target")
+            return "c"
+        return target
+
+    def _vocab_from(self, s) -> None:  # noqa: ANN001 - a LlamaSession
+        """Keep the tokenizer: llama.cpp's vocabulary stays loaded (vocab_only) for the whole run."""
+        import llama_cpp.llama_cpp as ll
+
+        p = ll.llama_model_default_params()
+        p.vocab_only = True
+        self._ll = ll
+        self._vocab_model = ll.llama_model_load_from_file(str(self.path).encode(), p)
+        if not self._vocab_model:
+            raise GgcError(f"{self.path}: llama.cpp could not load its vocabulary")
+        self.vocab = ll.llama_model_get_vocab(self._vocab_model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+
+    def _build(self):  # noqa: ANN202 - CProgram
+        from ..backends.c.emit import compile_c
+        from ..formats import ggraph
+        from ..runtime.cprogram import CProgram
+
+        h = hashlib.sha256(_compiler_fingerprint().encode())
+        for g in self.graphs:
+            h.update(ggraph.write(g).encode())
+        key = h.hexdigest()[:20]
+        out = cache_root() / "programs" / f"{self.path.stem}-{key}"
+        cached = (out / "libmodel.so").exists()
+        if cached:
+            self.progress(f"ggc: using the compiled program in {out}")
+        else:
+            self.progress("ggc: compiling prefill and decode graphs to C")
+        compiled = compile_c(self.graphs, out, source=self.path.name, graph_names=["prefill", "decode"],
+                             reuse_existing=cached)
+        if not cached:
+            self.progress("ggc: building with make and the C compiler")
+        return CProgram(compiled), cached
+
+    def close(self) -> None:
+        if getattr(self, "program", None):
+            self.program.close()
+            self.program = None
+        if getattr(self, "_vocab_model", None):
+            self._ll.llama_model_free(self._vocab_model)
+            self._vocab_model = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- tokens
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        import ctypes as C
+
+        raw = text.encode()
+        n = len(raw) + 16
+        toks = (self._ll.llama_token * n)()
+        k = self._ll.llama_tokenize(self.vocab, raw, len(raw), toks, n, add_bos, True)
+        if k < 0:
+            raise GgcError("tokenization failed")
+        del C
+        return list(toks[:k])
+
+    def piece(self, token: int) -> bytes:
+        import ctypes as C
+
+        buf = C.create_string_buffer(256)
+        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
+
+    # ---- evaluation
+    def reset(self) -> None:
+        self.program.reset_state()
+        self.n_past = 0
+
+    def _run(self, gi: int, tokens: list[int]) -> np.ndarray:
+        graph, filler = self.graphs[gi], self.fillers[gi]
+        for tid, data in filler.values(tokens, self.n_past).items():
+            self.program.set(graph.tensors[tid], data, graph=gi)
+        self.program.run(graph=gi)
+        self.n_past += len(tokens)
+        out = next(t for t in graph.outputs() if t.name == "result_output")
+        return np.frombuffer(self.program.get(out, graph=gi), dtype=np.float32).copy()
+
+    def eval(self, tokens: list[int]) -> np.ndarray:
+        """Append tokens to the context; the logits after the last one."""
+        if not tokens:
+            raise GgcError("eval needs at least one token")
+        if self.n_past + len(tokens) > self.ctx:
+            raise GgcError(f"{self.n_past + len(tokens)} tokens do not fit the context of {self.ctx}")
+        logits = None
+        i = 0
+        while len(tokens) - i >= self.batch and self.batch > 1:
+            logits = self._run(0, tokens[i : i + self.batch])
+            i += self.batch
+        for tok in tokens[i:]:
+            logits = self._run(1, [tok])
+        assert logits is not None
+        return logits
+
+    def stream(self, prompt: str | list[int], n: int = 64, sampler: Sampler | None = None) -> Iterator[int]:
+        """Yield generated tokens one by one (stops at an end-of-generation token)."""
+        sampler = sampler or Sampler()
+        toks = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if len(toks) >= self.ctx:
+            raise GgcError(f"the prompt has {len(toks)} tokens, more than the context of {self.ctx} allows")
+        self.reset()
+        st = self.stats
+        t0 = time.perf_counter()
+        logits = self.eval(toks)
+        st.prompt_tokens, st.prompt_s = len(toks), time.perf_counter() - t0
+        st.gen_tokens, st.gen_s = 0, 0.0
+        t1 = time.perf_counter()
+        for _ in range(n):
+            tok = sampler(logits)
+            st.gen_tokens += 1
+            st.gen_s = time.perf_counter() - t1
+            yield tok
+            if self.is_eog(tok) or self.n_past >= self.ctx:
+                break
+            logits = self.eval([tok])
+        st.gen_s = time.perf_counter() - t1
+
+    def generate(self, prompt: str | list[int], n: int = 64, sampler: Sampler | None = None,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        out = []
+        for tok in self.stream(prompt, n, sampler):
+            out.append(tok)
+            if on_token:
+                on_token(tok)
+        return Generation(out, self.detokenize(out), self.stats)

@@ -1,0 +1,94 @@
+"""ggc run: generation with a generated program, token for token the same as llama.cpp."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ggc
+from ggc.errors import GgcError
+from ggc.llm.sampling import Sampler
+from ggc.models.quantize import tiny_model
+from ggc.models.tiny import ARCHS
+from tests.util import run_ggc
+
+# longer than the prefill batch used below (16), so prompts run in chunks, then token by token
+PROMPT = ("The old lighthouse keeper climbed the stairs every evening, counting each step, and looked out "
+          "over the grey water for the ships that never came")
+
+
+# Where ggc's MUL_MAT sums in another order than ggml's x86 paths (tinyBLAS, AVX2 vec_dot), a
+# 1e-14 difference flips f16/q8 roundings downstream and a random model's near-tie flips a token.
+NOT_YET_EXACT = {("llama", "q4_0"), ("llama", "q4_k_m"), ("qwen2", "q8_0"), ("qwen2", "q4_k_m"), ("gemma3", "q8_0"),
+                 ("gemma3", "q4_0"), ("gemma3", "q4_k_m"), ("qwen3moe", "q4_0"), ("qwen3moe", "q4_k_m")}
+CASES = [pytest.param(a, q, marks=pytest.mark.xfail(strict=True, reason="MUL_MAT not yet bit-exact with ggml"))
+         if (a, q) in NOT_YET_EXACT else (a, q) for a in ARCHS for q in ("f16", "q8_0", "q4_0", "q4_k_m")]
+
+
+@pytest.mark.parametrize("arch,quant", CASES)
+def test_64_greedy_tokens_equal_llama_cpp(arch: str, quant: str, tmp_path: Path) -> None:
+    r = run_ggc("run", str(tiny_model(arch, quant)), "-p", PROMPT, "-n", "64", "--ctx", "256", "--batch", "16",
+                "--check", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+    assert "check: all 64 generated tokens equal llama.cpp's greedy tokens" in r.stdout or (
+        "check: all" in r.stdout and "generated tokens equal" in r.stdout), r.stdout  # fewer if EOG came first
+    assert "generation" in r.stdout and "tok/s, target c" in r.stdout
+
+
+def test_second_start_reuses_the_compiled_program(tmp_path: Path) -> None:
+    model = tiny_model("qwen2", "q4_0")
+    args = ("run", str(model), "-p", "Hello there", "-n", "4", "--ctx", "256", "--batch", "8")
+    run_ggc(*args, cwd=tmp_path)
+    r = run_ggc(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "using the compiled program" in r.stderr and "(cached program)" in r.stderr
+
+
+def test_python_api_generate_and_eval() -> None:
+    with ggc.Model(tiny_model("llama", "q8_0"), ctx=256, batch=8, progress=None) as m:
+        g = m.generate("Once upon a time", n=8)
+        assert len(g.tokens) <= 8 and g.text == m.detokenize(g.tokens)
+        assert g.stats.gen_tokens == len(g.tokens) and g.stats.prompt_tokens == len(m.tokenize("Once upon a time"))
+        m.reset()
+        logits = m.eval(m.tokenize("Once upon a time"))
+        assert logits.shape == (m.n_vocab,) and np.isfinite(logits).all()
+        assert int(np.argmax(logits)) == g.tokens[0]
+        # sampling with a seed is reproducible
+        a = m.generate("Once", n=6, sampler=Sampler(temperature=0.8, seed=7)).tokens
+        b = m.generate("Once", n=6, sampler=Sampler(temperature=0.8, seed=7)).tokens
+        assert a == b
+
+
+def _bad_arch(tmp_path: Path) -> Path:
+    """A real GGUF whose architecture llama.cpp does not know."""
+    raw = tiny_model("llama", "f16").read_bytes()
+    key = b"general.architecture"
+    i = raw.index(key) + len(key) + 4  # then: value type u32 (8 = string), u64 length, bytes
+    n = struct.unpack_from("<Q", raw, i)[0]
+    p = tmp_path / "alien.gguf"
+    p.write_bytes(raw[:i] + struct.pack("<Q", n) + b"zzzzz"[:n].ljust(n, b"z") + raw[i + 8 + n :])
+    return p
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "not.gguf").write_bytes(b"this is not a model" * 10)
+    model = str(tiny_model("llama", "f16"))
+    cases = [
+        (("run", str(tmp_path / "missing.gguf")), "missing.gguf: cannot open"),
+        (("run", str(tmp_path / "not.gguf")), "not a GGUF file"),
+        (("run", str(_bad_arch(tmp_path))), "llama.cpp could not load this model"),
+        (("run", model, "-p", "word " * 300, "--ctx", "256"), "more than the context of 256"),
+        (("run", model, "--target", "metal"), "unknown target 'metal'"),
+    ]
+    for args, msg in cases:
+        r = run_ggc(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr[-800:])
+        assert msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-800:])
+
+
+def test_model_rejects_bad_settings() -> None:
+    with pytest.raises(GgcError, match="batch"):
+        ggc.Model(tiny_model("llama", "f16"), ctx=16, batch=32, progress=None)
