@@ -29,7 +29,7 @@ static const ggc_tensor_info T1[] = {  /* a second graph sharing "b": loaded onc
 };
 static const ggc_node_desc N0[] = {{0, {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1}, {0}}};
 static size_t work_size(const ggc_node *n) { (void)n; return 0; }
-static void run_group(int g, ggc_node *n, ggc_work *w, char *a) { (void)g; (void)n; (void)w; (void)a; }
+static void run_group(int g, ggc_node *n, void *w, char *a) { (void)g; (void)n; (void)w; (void)a; }
 const ggc_graph_desc GGC_GRAPHS[] = {{"g0", T0, 2, N0, 0, 0, work_size, run_group},
                                      {"g1", T1, 1, N0, 0, 0, work_size, run_group}};
 const int GGC_N_GRAPHS = 2;

@@ -42,8 +42,12 @@ class CProgram:
         L.ggc_model_load_weights.argtypes = [C.c_void_p, C.c_char_p, C.c_char_p, C.c_size_t]
         L.ggc_model_run_graph.argtypes = [C.c_void_p, C.c_int]
         L.ggc_model_run_group.argtypes = [C.c_void_p, C.c_int, C.c_int]
-        L.ggc_model_arena.restype = C.c_void_p
-        L.ggc_model_arena.argtypes = [C.c_void_p]
+        L.ggc_model_write.argtypes = [C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t]
+        L.ggc_model_read.argtypes = [C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t]
+        L.ggc_model_error.restype = C.c_char_p
+        L.ggc_model_error.argtypes = [C.c_void_p]
+        L.ggc_last_error.restype = C.c_char_p
+        L.ggc_model_set_n_kv.argtypes = [C.c_void_p, C.c_int64]
         L.ggc_model_arena_size.restype = C.c_size_t
         L.ggc_model_reset_state.argtypes = [C.c_void_p]
         L.ggc_model_set_threads.argtypes = [C.c_void_p, C.c_int]
@@ -52,8 +56,8 @@ class CProgram:
             raise GgcError(f"{lib_path}: the built program does not match its plan")
         self.m = L.ggc_model_create()
         if not self.m:
-            raise GgcError(f"out of memory: the arena needs {self.plan.size} bytes")
-        self.arena = L.ggc_model_arena(self.m)
+            raise GgcError(f"could not create the program ({L.ggc_last_error().decode()}); its arena needs "
+                           f"{self.plan.size} bytes")
 
     def close(self) -> None:
         if getattr(self, "m", None):
@@ -75,25 +79,32 @@ class CProgram:
         if self.lib.ggc_model_set_threads(self.m, n) != 0:
             raise GgcError(f"out of memory for kernel work memory with {n} threads")
 
-    def address(self, t: Tensor, graph: int = 0) -> int:
-        """Where tensor t of graph `graph` lives in the arena."""
-        return self.arena + self.plans[graph].offset_of(t)
-
     def set(self, t: Tensor, data: bytes, graph: int = 0) -> None:
         """Write a tensor's bytes (its span from the first element, strides as in the graph)."""
         if len(data) != t.nbytes:
             raise GgcError(f"{t.label()}: {len(data)} bytes given, the tensor spans {t.nbytes}")
-        C.memmove(self.address(t, graph), data, len(data))
+        if self.lib.ggc_model_write(self.m, self.plans[graph].offset_of(t), data, len(data)) != 0:
+            raise GgcError(f"{t.label()}: writing into the arena failed")
 
     def get(self, t: Tensor, graph: int = 0) -> bytes:
-        return C.string_at(self.address(t, graph), t.nbytes)
+        buf = C.create_string_buffer(t.nbytes)
+        if self.lib.ggc_model_read(self.m, self.plans[graph].offset_of(t), buf, t.nbytes) != 0:
+            raise GgcError(f"{t.label()}: reading from the arena failed")
+        return buf.raw
+
+    def set_n_kv(self, n_kv: int) -> None:
+        self.lib.ggc_model_set_n_kv(self.m, n_kv)
+
+    def _check(self, rc: int) -> None:
+        if rc != 0:
+            raise GgcError(f"the program failed: {self.lib.ggc_model_error(self.m).decode(errors='replace')}")
 
     def reset_state(self) -> None:
         """Zero the KV cache."""
         self.lib.ggc_model_reset_state(self.m)
 
     def run(self, graph: int = 0) -> None:
-        self.lib.ggc_model_run_graph(self.m, graph)
+        self._check(self.lib.ggc_model_run_graph(self.m, graph))
 
     def run_group(self, g: int, graph: int = 0) -> None:
-        self.lib.ggc_model_run_group(self.m, graph, g)
+        self._check(self.lib.ggc_model_run_group(self.m, graph, g))

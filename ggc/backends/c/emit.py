@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,24 @@ def has_symbol(name: str) -> bool:
     return hasattr(load_library(), name)
 
 
+@dataclass(frozen=True)
+class KernelABI:
+    """How generated code calls a target's kernels: ggc_op_<op>(node, work) for C."""
+
+    op_prefix: str = "ggc_op_"
+    work_prefix: str = "ggc_work_"
+    ctx_type: str = "ggc_work"
+    linkage: str = ""  # 'extern "C" ' where the program is C++
+    has_symbol: Callable[[str], bool] = has_symbol
+    fused: Callable[[Plan, Group, int], list[str]] | None = None  # a fused group's code, or None: no fusion
+
+    def kernel(self, t: Tensor) -> str:
+        return self.op_prefix + kernel_name(t)[len("ggc_op_"):]
+
+
+C_ABI = KernelABI(fused=lambda p, grp, gi: _fused_group(p, grp, gi))
+
+
 def c_string(s: str) -> str:
     out = ['"']
     for b in s.encode("utf-8"):
@@ -86,7 +105,7 @@ def _role(p: Plan, t: Tensor, outputs: set[int]) -> str:
     return "GGC_ROLE_OUTPUT" if t.id in outputs else "GGC_ROLE_SCRATCH"
 
 
-def emit_graph(p: Plan, gi: int) -> tuple[list[str], dict[int, int], dict[int, int]]:
+def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dict[int, int], dict[int, int]]:
     """One graph's tables and functions, all static, named with the graph's index."""
     g = p.graph
     outputs = {t.id for t in g.outputs()}
@@ -104,9 +123,9 @@ def emit_graph(p: Plan, gi: int) -> tuple[list[str], dict[int, int], dict[int, i
     nindex = {t.id: i for i, t in enumerate(nodes)}
     lines.append(f"static const ggc_node_desc N{gi}[] = {{")
     for t in nodes:
-        fn = kernel_name(t)
-        if not has_symbol(fn):
-            raise GgcError(f"{t.label()}: the C backend has no kernel for {t.op}"
+        fn = abi.kernel(t)
+        if not abi.has_symbol(fn):
+            raise GgcError(f"{t.label()}: the {'C' if abi is C_ABI else 'CUDA'} backend has no kernel for {t.op}"
                            + (f" {t.params.get('op')}" if t.op in ("UNARY", "GLU") else ""))
         srcs = [tindex[s.id] if s is not None else -1 for s in t.src] + [-1] * (10 - len(t.src))
         words = ", ".join(str(prm.i32_from_word(w)) for w in op_param_words(t))
@@ -116,26 +135,29 @@ def emit_graph(p: Plan, gi: int) -> tuple[list[str], dict[int, int], dict[int, i
     lines += ["};", ""]
     for grp in p.groups:
         if grp.fused:
-            lines += _fused_group(p, grp, gi)
+            assert abi.fused is not None, "a fused group on a target without fusion"
+            lines += abi.fused(p, grp, gi)
     lines.append(f"static size_t work_size_{gi}(const ggc_node *n) {{")
     lines.append("    size_t w = 0, s;")
     for t in nodes:
-        if has_symbol(f"ggc_work_{t.op.lower()}"):
-            lines.append(f"    s = ggc_work_{t.op.lower()}(&n[{nindex[t.id]}]);  if (s > w) w = s;")
+        if abi.has_symbol(f"{abi.work_prefix}{t.op.lower()}"):
+            lines.append(f"    s = {abi.work_prefix}{t.op.lower()}(&n[{nindex[t.id]}]);  if (s > w) w = s;")
     lines += ["    (void)n; (void)s;", "    return w;", "}", ""]
-    lines.append(f"static void run_group_{gi}(int g, ggc_node *n, ggc_work *w, char *arena) {{")
-    lines += ["    (void)n; (void)w; (void)arena;", "    switch (g) {"]
+    lines.append(f"static void run_group_{gi}(int g, ggc_node *n, void *ctx, char *arena) {{")
+    lines += [f"    {abi.ctx_type} *w = ({abi.ctx_type} *)ctx;", "    (void)n; (void)w; (void)arena;",
+              "    switch (g) {"]
     for grp in p.groups:
         if grp.fused:
             lines.append(f"    case {grp.id}: group_{gi}_{grp.id}(arena); break;")
         else:
             t = grp.nodes[0]
-            lines.append(f"    case {grp.id}: {kernel_name(t)}(&n[{nindex[t.id]}], w); break;  /* {t.label()} */")
+            lines.append(f"    case {grp.id}: {abi.kernel(t)}(&n[{nindex[t.id]}], w); break;  /* {t.label()} */")
     lines += ["    default: break;", "    }", "}", ""]
     return lines, tindex, nindex
 
 
-def emit_program(plans: list[Plan], names: list[str], source: str) -> tuple[str, list[dict[int, int]]]:
+def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelABI = C_ABI,
+                 header: str = "ggc_program.h") -> tuple[str, list[dict[int, int]]]:
     """program.c: the arena, then each graph's tensors, nodes and kernel calls, then the graph table."""
     p0 = plans[0]
     body: list[str] = []
@@ -143,32 +165,33 @@ def emit_program(plans: list[Plan], names: list[str], source: str) -> tuple[str,
     used: set[str] = set()
     works: set[str] = set()
     for gi, p in enumerate(plans):
-        lines, tindex, _ = emit_graph(p, gi)
+        lines, tindex, _ = emit_graph(p, gi, abi)
         body += lines
         tindexes.append(tindex)
         for grp in p.groups:
             if not grp.fused:
                 t = grp.nodes[0]
-                used.add(kernel_name(t))
-                if has_symbol(f"ggc_work_{t.op.lower()}"):
+                used.add(abi.kernel(t))
+                if abi.has_symbol(f"{abi.work_prefix}{t.op.lower()}"):
                     works.add(t.op.lower())
     head = [
         f"/* Generated by ggc {__version__} from {source}. Do not edit: recompile the graph instead. */",
         "#include <math.h>",
-        '#include "ggc_program.h"',
+        f'#include "{header}"',
         "",
-        f"const size_t GGC_ARENA_SIZE = {p0.size};",
-        f"const size_t GGC_STATE_OFFSET = {p0.region_offset['state']}, GGC_STATE_SIZE = {p0.region_size['state']};",
+        f"{abi.linkage}const size_t GGC_ARENA_SIZE = {p0.size};",
+        f"{abi.linkage}const size_t GGC_STATE_OFFSET = {p0.region_offset['state']};",
+        f"{abi.linkage}const size_t GGC_STATE_SIZE = {p0.region_size['state']};",
         "",
     ]
-    head += [f"void {fn}(const ggc_node *node, ggc_work *work);" for fn in sorted(used)]
-    head += [f"size_t ggc_work_{op}(const ggc_node *node);" for op in sorted(works)]
-    tail = ["const ggc_graph_desc GGC_GRAPHS[] = {"]
+    head += [f"{abi.linkage}void {fn}(const ggc_node *node, {abi.ctx_type} *work);" for fn in sorted(used)]
+    head += [f"{abi.linkage}size_t {abi.work_prefix}{op}(const ggc_node *node);" for op in sorted(works)]
+    tail = [f"{abi.linkage}const ggc_graph_desc GGC_GRAPHS[] = {{"]
     for gi, (p, name) in enumerate(zip(plans, names)):
         n_nodes = sum(len(grp.nodes) for grp in p.groups if not grp.fused)
         tail.append(f"    {{{c_string(name)}, T{gi}, {len(tindexes[gi])}, N{gi}, {n_nodes}, {len(p.groups)}, "
                     f"work_size_{gi}, run_group_{gi}}},")
-    tail += ["};", f"const int GGC_N_GRAPHS = {len(plans)};", ""]
+    tail += ["};", f"{abi.linkage}const int GGC_N_GRAPHS = {len(plans)};", ""]
     return "\n".join(head + [""] + body + tail), tindexes
 
 

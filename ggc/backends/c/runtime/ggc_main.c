@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     ggc_model *m = ggc_model_create();
-    if (!m) return die("out of memory for the arena", NULL);
+    if (!m) return die(ggc_last_error(), NULL);
     char err[1024];
     if (ggc_model_load_weights(m, argv[1], err, sizeof err) != 0) {
         ggc_model_free(m);
@@ -85,10 +85,14 @@ int main(int argc, char **argv) {
             if (!t) { rc = die("no input named ", name); break; }
             FILE *f = fopen(file, "rb");
             if (!f) { rc = die("cannot open ", file); break; }
-            size_t got = fread((char *)ggc_model_arena(m) + t->offset, 1, t->nbytes, f);
+            char *buf = malloc(t->nbytes ? t->nbytes : 1);
+            size_t got = buf ? fread(buf, 1, t->nbytes, f) : 0;
             int extra = fgetc(f) != EOF;
             fclose(f);
-            if (got != t->nbytes || extra) { rc = die("input file size differs from the tensor's: ", file); break; }
+            if (got != t->nbytes || extra) rc = die("input file size differs from the tensor's: ", file);
+            else if (ggc_model_write(m, t->offset, buf, t->nbytes) != 0) rc = die("cannot write the input ", name);
+            free(buf);
+            if (rc) break;
         } else if ((!strcmp(argv[a], "-o") || !strcmp(argv[a], "-g")) && a + 1 < argc) {
             a++; /* -o is handled after the run, -g before */
         } else {
@@ -98,7 +102,8 @@ int main(int argc, char **argv) {
     if (rc == 0) {
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (int r = 0; r < runs; r++) ggc_model_run_graph(m, graph);
+        for (int r = 0; r < runs && rc == 0; r++)
+            if (ggc_model_run_graph(m, graph) != 0) rc = die(ggc_model_error(m), NULL);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double ms = ((double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6) / runs;
         fprintf(stderr, "%d run(s), %.3f ms per run\n", runs, ms);
@@ -110,9 +115,12 @@ int main(int argc, char **argv) {
             if (split(argv[++a], name, sizeof name, &file, &k)) { rc = die("bad -o argument: ", argv[a]); break; }
             const ggc_tensor_info *t = info_of(name, k, GGC_ROLE_OUTPUT);
             if (!t) { rc = die("no output named ", name); break; }
+            char *buf = malloc(t->nbytes ? t->nbytes : 1);
             FILE *f = fopen(file, "wb");
-            if (!f || fwrite((char *)ggc_model_arena(m) + t->offset, 1, t->nbytes, f) != t->nbytes) rc = die("cannot write ", file);
+            if (!buf || ggc_model_read(m, t->offset, buf, t->nbytes) != 0 || !f || fwrite(buf, 1, t->nbytes, f) != t->nbytes)
+                rc = die("cannot write ", file);
             if (f) fclose(f);
+            free(buf);
         }
     }
     ggc_model_free(m);

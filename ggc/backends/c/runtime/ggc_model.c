@@ -31,6 +31,22 @@ static void fill_tensor(ggc_tensor *t, const ggc_tensor_info *info, char *arena)
 
 static int valid_graph(int g) { return g >= 0 && g < GGC_N_GRAPHS; }
 
+const char *ggc_last_error(void) { return "out of memory"; }
+const char *ggc_model_error(const ggc_model *m) { (void)m; return ""; }
+void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv) { (void)m; (void)n_kv; }
+
+int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n) {
+    if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return -1;
+    memcpy(m->arena + offset, src, n);
+    return 0;
+}
+
+int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n) {
+    if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return -1;
+    memcpy(dst, m->arena + offset, n);
+    return 0;
+}
+
 ggc_model *ggc_model_create(void) {
     if (GGC_N_GRAPHS > 16) return NULL;
     ggc_model *m = calloc(1, sizeof *m);
@@ -97,14 +113,17 @@ const void *ggc_model_graph_output(ggc_model *m, int g, const char *name, int k)
 void *ggc_model_input(ggc_model *m, const char *name, int k) { return find(m, 0, name, k, GGC_ROLE_INPUT); }
 const void *ggc_model_output(ggc_model *m, const char *name, int k) { return find(m, 0, name, k, GGC_ROLE_OUTPUT); }
 
-void ggc_model_run_graph(ggc_model *m, int g) {
-    if (!valid_graph(g)) return;
+int ggc_model_run_graph(ggc_model *m, int g) {
+    if (!valid_graph(g)) return -1;
     for (int i = 0; i < GGC_GRAPHS[g].n_groups; i++) GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->work, m->arena);
+    return 0;
 }
-void ggc_model_run(ggc_model *m) { ggc_model_run_graph(m, 0); }
+int ggc_model_run(ggc_model *m) { return ggc_model_run_graph(m, 0); }
 
-void ggc_model_run_group(ggc_model *m, int g, int i) {
-    if (valid_graph(g) && i >= 0 && i < GGC_GRAPHS[g].n_groups) GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->work, m->arena);
+int ggc_model_run_group(ggc_model *m, int g, int i) {
+    if (!valid_graph(g) || i < 0 || i >= GGC_GRAPHS[g].n_groups) return -1;
+    GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->work, m->arena);
+    return 0;
 }
 
 int ggc_model_set_threads(ggc_model *m, int n_threads) {

@@ -36,8 +36,9 @@ typedef struct {
     int role;          /* enum ggc_role */
 } ggc_tensor_info;
 
-/* One allocation for the arena (aligned to 64 bytes) and one for kernel work memory. NULL when
- * out of memory. The state starts zeroed. */
+/* One allocation for the arena (aligned to 64 bytes; one cudaMalloc on the CUDA target) and one
+ * for kernel work memory. NULL when out of memory (or without a GPU): see ggc_last_error(). The
+ * state starts zeroed. */
 ggc_model *ggc_model_create(void);
 void ggc_model_free(ggc_model *m);
 
@@ -58,9 +59,18 @@ const void *ggc_model_output(ggc_model *m, const char *name, int k);
 void *ggc_model_graph_input(ggc_model *m, int graph, const char *name, int k);
 const void *ggc_model_graph_output(ggc_model *m, int graph, const char *name, int k);
 
-/* Run every kernel group of a graph in order. */
-void ggc_model_run(ggc_model *m);
-void ggc_model_run_graph(ggc_model *m, int graph);
+/* Copy between the caller's memory and the arena (the arena may be on a GPU): 0, or -1. */
+int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n);
+int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n);
+
+/* Run every kernel group of a graph in order: 0, or -1 with ggc_model_error() saying why. */
+int ggc_model_run(ggc_model *m);
+int ggc_model_run_graph(ggc_model *m, int graph);
+const char *ggc_model_error(const ggc_model *m);
+const char *ggc_last_error(void); /* why ggc_model_create returned NULL */
+/* KV cells that attention reads this run (0: all). Rounded up to a multiple of 256 by the CUDA
+ * target, which keeps one captured graph per value; the C target attends over all cells. */
+void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv);
 int ggc_model_set_threads(ggc_model *m, int n_threads); /* OpenMP builds; 0, or -1 when out of memory */
 void ggc_model_reset_state(ggc_model *m);  /* zero the KV cache */
 
@@ -70,7 +80,7 @@ const ggc_tensor_info *ggc_model_tensor(int graph, int i);
 void *ggc_model_arena(ggc_model *m);
 size_t ggc_model_arena_size(void);
 int ggc_model_n_groups(int graph);
-void ggc_model_run_group(ggc_model *m, int graph, int g);
+int ggc_model_run_group(ggc_model *m, int graph, int g);
 
 #ifdef __cplusplus
 }

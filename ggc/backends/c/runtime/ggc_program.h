@@ -5,6 +5,10 @@
 #include "ggc.h"
 #include "ggc_model.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int dst;                    /* index into the graph's tensors */
     int src[GGC_MAX_SRC];       /* index into the graph's tensors, -1 when absent */
@@ -20,7 +24,8 @@ typedef struct {
     int n_nodes;
     int n_groups;
     size_t (*work_size)(const ggc_node *nodes);                     /* kernel work bytes, per thread */
-    void (*run_group)(int g, ggc_node *nodes, ggc_work *work, char *arena); /* run kernel group g */
+    /* run kernel group g; ctx is the target's (ggc_work for C, ggc_cuda_ctx for CUDA) */
+    void (*run_group)(int g, ggc_node *nodes, void *ctx, char *arena);
 } ggc_graph_desc;
 
 extern const ggc_graph_desc GGC_GRAPHS[];
@@ -30,5 +35,9 @@ extern const size_t GGC_STATE_OFFSET, GGC_STATE_SIZE;
 
 /* the GGUF loader (ggc_gguf.c): fill every weight of the arena from a file */
 int ggc_gguf_load(const char *path, char *arena, char *err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
