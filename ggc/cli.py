@@ -116,8 +116,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
     res = verify_model(model, a.tokens, a.outputs, _session_opts(a), target=a.target, graph_file=a.graph)
     print(format_table(res.results))
     what = "decode" if a.tokens == 1 else "prefill"
-    target = {"ggml": "ggml-cpu (rebuilt from the IR)", "c": "c (generated program, each group on the "
-              "reference's inputs; 'chained' is the whole program on its own values)"}[a.target]
+    target = {"ggml": "ggml-cpu (rebuilt from the IR)"}.get(a.target, f"{a.target} (generated program, each group "
+              "on the reference's inputs; 'chained' is the whole program on its own values)")
     print(f"{model.name}: {what} N={a.tokens}, target {target}: "
           f"{'PASS' if res.ok else 'FAIL'} in {time.perf_counter() - t0:.1f}s")
     return 0 if res.ok else 1
@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the captured graph node by node against llama.cpp")
     p.add_argument("model", nargs="?", help="MODEL.gguf (default: built-in tiny model)")
     p.add_argument("--graph", help="an exported .ggraph to check (must be the graph llama.cpp builds)")
-    p.add_argument("--target", choices=("ggml", "c"), default="ggml", help="what computes the graph (default ggml)")
+    p.add_argument("--target", choices=("ggml", "c", "cuda"), default="ggml",
+                   help="what computes the graph (default ggml)")
     _add_capture_opts(p, 1)
     p.set_defaults(fn=cmd_verify)
 

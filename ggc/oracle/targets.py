@@ -2,7 +2,7 @@
 values and checks every node against the reference values (llama.cpp's, through its callback).
 
 - ggml: the graph rebuilt inside ggml from the IR (proves that capture is complete);
-- c: the generated C program, debug build (every intermediate kept). Each kernel group runs on the
+- c, cuda: the generated program, debug build (every intermediate kept). Each kernel group runs on the
   reference's own values for its inputs, as test-backend-ops checks one op at a time: that is the
   verdict. The whole program is then also run on its own values, and that chained error is shown.
 """
@@ -31,13 +31,16 @@ def eval_ggml(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[i
 
 
 def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],
-           workdir: str | Path | None = None) -> list[NodeResult]:
-    from ..backends.c.emit import compile_c
+           workdir: str | Path | None = None, target: str = "c") -> list[NodeResult]:
     from ..runtime.cprogram import CProgram
 
+    if target == "cuda":
+        from ..backends.cuda.emit import compile_cuda as compile_fn
+    else:
+        from ..backends.c.emit import compile_c as compile_fn
     with tempfile.TemporaryDirectory(prefix="ggc-verify-") as tmp:
         out = Path(workdir or tmp) / "program"
-        compiled = compile_c(graph, out, debug=True, source=Path(gguf).name)
+        compiled = compile_fn(graph, out, debug=True, source=Path(gguf).name)
         p = compiled.plan
         group_of = {t.id: g for g in p.groups for t in g.nodes}
         with CProgram(compiled) as prog:
@@ -75,4 +78,9 @@ def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int,
     return [results[t.id] for t in graph.nodes]
 
 
-TARGETS: dict[str, Evaluator] = {"ggml": eval_ggml, "c": eval_c}
+def eval_cuda(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes]) -> list[NodeResult]:
+    """The generated CUDA program, checked exactly as the C one (needs a GPU)."""
+    return eval_c(graph, gguf, leafs, expected, target="cuda")
+
+
+TARGETS: dict[str, Evaluator] = {"ggml": eval_ggml, "c": eval_c, "cuda": eval_cuda}

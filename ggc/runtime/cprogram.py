@@ -21,6 +21,11 @@ def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False
     if shutil.which(cc) is None:
         raise GgcError(f"C compiler '{cc}' not found: install gcc or set CC")
     args = ["make", "-s", f"-j{os.cpu_count() or 1}", target, f"CC={cc}"] + (["OPENMP=1"] if openmp else [])
+    if (compiled.out / "program.cu").exists():
+        if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
+            raise GgcError("nvcc not found: install the CUDA toolkit (or use --target c)")
+        if os.environ.get("GGC_CUDA_ARCH"):
+            args.append(f"ARCH={os.environ['GGC_CUDA_ARCH']}")
     r = subprocess.run(args, cwd=compiled.out, capture_output=True, text=True)
     if r.returncode != 0:
         raise GgcError(f"building {compiled.out} failed:\n{r.stdout}{r.stderr}")

@@ -148,7 +148,7 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
               "    switch (g) {"]
     for grp in p.groups:
         if grp.fused:
-            lines.append(f"    case {grp.id}: group_{gi}_{grp.id}(arena); break;")
+            lines.append(f"    case {grp.id}: group_{gi}_{grp.id}(arena, w); break;")
         else:
             t = grp.nodes[0]
             lines.append(f"    case {grp.id}: {abi.kernel(t)}(&n[{nindex[t.id]}], w); break;  /* {t.label()} */")
@@ -212,7 +212,7 @@ def _fused_group(p: Plan, grp: Group, gi: int) -> list[str]:
     """A loop computing a chain of elementwise ops per element: the intermediates stay in a register."""
     first, last = grp.nodes[0], grp.nodes[-1]
     lines = [f"/* fused: {' -> '.join(f'{t.op}' for t in grp.nodes)} ({last.label()}) */",
-             f"static void group_{gi}_{grp.id}(char *arena) {{"]
+             f"static void group_{gi}_{grp.id}(char *arena, ggc_work *w) {{", "    (void)w;"]
     lines.append(f"    for (int64_t i3 = 0; i3 < {last.ne[3]}; i3++)")
     lines.append(f"    for (int64_t i2 = 0; i2 < {last.ne[2]}; i2++)")
     lines.append(f"    for (int64_t i1 = 0; i1 < {last.ne[1]}; i1++)")

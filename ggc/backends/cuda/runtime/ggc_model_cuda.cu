@@ -1,0 +1,241 @@
+// The CUDA runtime of a generated program: the C API of ggc_model.h over one cudaMalloc'd arena.
+//
+// A graph's kernel groups are recorded once into a CUDA graph and replayed. The number of KV
+// cells attention reads (n_kv) is a run-time value: it is rounded up to a multiple of 256 and
+// each value gets its own recorded graph, as llama.cpp rebuilds its graph when n_kv grows.
+#include <cuda_runtime.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "ggc_cuda.cuh"
+#include "ggc_program.h"
+
+namespace {
+
+constexpr int kMaxGraphs = 16;
+constexpr int kMaxExecs = 64;  // recorded graphs per program graph (n_kv values)
+constexpr int64_t kKvPad = 256;
+
+thread_local char g_last_error[512] = "";
+
+struct RecordedGraph {
+    int64_t n_kv;
+    cudaGraphExec_t exec;
+};
+
+}  // namespace
+
+struct ggc_model {
+    char *arena = nullptr;  // device memory
+    ggc_node *nodes[kMaxGraphs] = {};
+    ggc_cuda_ctx ctx = {};
+    RecordedGraph recorded[kMaxGraphs][kMaxExecs] = {};
+    int n_recorded[kMaxGraphs] = {};
+    int64_t n_kv = 0;
+    char error[512] = "";
+};
+
+static int set_error(char *dst, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst, 512, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+#define CUDA_OR_FAIL(m, call)                                                                     \
+    do {                                                                                          \
+        cudaError_t e_ = (call);                                                                  \
+        if (e_ != cudaSuccess) return set_error((m)->error, "%s: %s", #call, cudaGetErrorString(e_)); \
+    } while (0)
+
+static void fill_tensor(ggc_tensor *t, const ggc_tensor_info *info, char *arena) {
+    t->data = arena + info->offset;
+    t->type = (ggc_type)info->type;
+    for (int i = 0; i < 4; i++) {
+        t->ne[i] = info->ne[i];
+        t->nb[i] = info->nb[i];
+    }
+}
+
+static bool valid_graph(int g) { return g >= 0 && g < GGC_N_GRAPHS; }
+
+extern "C" {
+
+const char *ggc_last_error(void) { return g_last_error; }
+const char *ggc_model_error(const ggc_model *m) { return m->error; }
+
+ggc_model *ggc_model_create(void) {
+    if (GGC_N_GRAPHS > kMaxGraphs) {
+        set_error(g_last_error, "too many graphs");
+        return nullptr;
+    }
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        set_error(g_last_error, "no CUDA device");
+        return nullptr;
+    }
+    ggc_model *m = new (std::nothrow) ggc_model();
+    if (!m) return nullptr;
+    cudaDeviceProp prop;
+    size_t work = 0;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) goto fail;
+    m->ctx.n_sm = prop.multiProcessorCount;
+    if (cudaMalloc(&m->arena, GGC_ARENA_SIZE ? GGC_ARENA_SIZE : 1) != cudaSuccess) {
+        set_error(g_last_error, "cudaMalloc of the %zu-byte arena failed (out of GPU memory?)", GGC_ARENA_SIZE);
+        goto fail;
+    }
+    if (cudaMemset(m->arena, 0, GGC_ARENA_SIZE) != cudaSuccess) goto fail;
+    for (int g = 0; g < GGC_N_GRAPHS; g++) {
+        const ggc_graph_desc *G = &GGC_GRAPHS[g];
+        m->nodes[g] = static_cast<ggc_node *>(calloc(G->n_nodes ? (size_t)G->n_nodes : 1, sizeof(ggc_node)));
+        if (!m->nodes[g]) goto fail;
+        for (int i = 0; i < G->n_nodes; i++) {
+            const ggc_node_desc *d = &G->nodes[i];
+            fill_tensor(&m->nodes[g][i].dst, &G->tensors[d->dst], m->arena);
+            for (int j = 0; j < GGC_MAX_SRC; j++)
+                if (d->src[j] >= 0) fill_tensor(&m->nodes[g][i].src[j], &G->tensors[d->src[j]], m->arena);
+            memcpy(m->nodes[g][i].op_params, d->op_params, sizeof d->op_params);
+        }
+        size_t w = G->work_size(m->nodes[g]);
+        if (w > work) work = w;
+    }
+    m->ctx.work_size = work;
+    if (work && cudaMalloc(&m->ctx.work, work) != cudaSuccess) {
+        set_error(g_last_error, "cudaMalloc of %zu bytes of kernel work memory failed", work);
+        goto fail;
+    }
+    if (cudaStreamCreateWithFlags(&m->ctx.stream, cudaStreamNonBlocking) != cudaSuccess) goto fail;
+    return m;
+fail:
+    if (!g_last_error[0]) set_error(g_last_error, "%s", cudaGetErrorString(cudaGetLastError()));
+    ggc_model_free(m);
+    return nullptr;
+}
+
+void ggc_model_free(ggc_model *m) {
+    if (!m) return;
+    for (int g = 0; g < kMaxGraphs; g++) {
+        for (int i = 0; i < m->n_recorded[g]; i++) cudaGraphExecDestroy(m->recorded[g][i].exec);
+        free(m->nodes[g]);
+    }
+    if (m->ctx.stream) cudaStreamDestroy(m->ctx.stream);
+    cudaFree(m->ctx.work);
+    cudaFree(m->arena);
+    delete m;
+}
+
+int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err_len) {
+    // the weights region starts at offset 0: stage it in host memory, then one copy to the GPU
+    char *host = static_cast<char *>(malloc(GGC_STATE_OFFSET ? GGC_STATE_OFFSET : 1));
+    if (!host) {
+        snprintf(err, err_len, "%s: out of host memory for %zu bytes of weights", path, GGC_STATE_OFFSET);
+        return -1;
+    }
+    int rc = ggc_gguf_load(path, host, err, err_len);
+    if (rc == 0 && cudaMemcpy(m->arena, host, GGC_STATE_OFFSET, cudaMemcpyHostToDevice) != cudaSuccess) {
+        snprintf(err, err_len, "%s: copying the weights to the GPU failed", path);
+        rc = -1;
+    }
+    free(host);
+    return rc;
+}
+
+int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n) {
+    if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return set_error(m->error, "write out of the arena");
+    CUDA_OR_FAIL(m, cudaMemcpy(m->arena + offset, src, n, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n) {
+    if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return set_error(m->error, "read out of the arena");
+    CUDA_OR_FAIL(m, cudaMemcpy(dst, m->arena + offset, n, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv) {
+    m->n_kv = n_kv <= 0 ? 0 : (n_kv + kKvPad - 1) / kKvPad * kKvPad;
+}
+
+int ggc_model_n_graphs(void) { return GGC_N_GRAPHS; }
+const char *ggc_model_graph_name(int g) { return valid_graph(g) ? GGC_GRAPHS[g].name : nullptr; }
+int ggc_model_find_graph(const char *name) {
+    for (int g = 0; g < GGC_N_GRAPHS; g++)
+        if (strcmp(GGC_GRAPHS[g].name, name) == 0) return g;
+    return -1;
+}
+
+static void *find(ggc_model *m, int g, const char *name, int k, int role) {
+    if (!valid_graph(g)) return nullptr;
+    for (int i = 0; i < GGC_GRAPHS[g].n_tensors; i++) {
+        const ggc_tensor_info *t = &GGC_GRAPHS[g].tensors[i];
+        if (t->role == role && strcmp(t->name, name) == 0 && k-- == 0) return m->arena + t->offset;
+    }
+    return nullptr;
+}
+
+// device pointers: copy with ggc_model_write / ggc_model_read
+void *ggc_model_graph_input(ggc_model *m, int g, const char *name, int k) { return find(m, g, name, k, GGC_ROLE_INPUT); }
+const void *ggc_model_graph_output(ggc_model *m, int g, const char *name, int k) {
+    return find(m, g, name, k, GGC_ROLE_OUTPUT);
+}
+void *ggc_model_input(ggc_model *m, const char *name, int k) { return find(m, 0, name, k, GGC_ROLE_INPUT); }
+const void *ggc_model_output(ggc_model *m, const char *name, int k) { return find(m, 0, name, k, GGC_ROLE_OUTPUT); }
+
+static int record(ggc_model *m, int g, cudaGraphExec_t *exec) {
+    cudaGraph_t graph;
+    m->ctx.n_kv = m->n_kv;
+    CUDA_OR_FAIL(m, cudaStreamBeginCapture(m->ctx.stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < GGC_GRAPHS[g].n_groups; i++) GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->ctx, m->arena);
+    CUDA_OR_FAIL(m, cudaStreamEndCapture(m->ctx.stream, &graph));
+    cudaError_t e = cudaGraphInstantiate(exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) return set_error(m->error, "cudaGraphInstantiate: %s", cudaGetErrorString(e));
+    return 0;
+}
+
+int ggc_model_run_graph(ggc_model *m, int g) {
+    if (!valid_graph(g)) return set_error(m->error, "no graph %d", g);
+    cudaGraphExec_t exec = nullptr;
+    for (int i = 0; i < m->n_recorded[g]; i++)
+        if (m->recorded[g][i].n_kv == m->n_kv) exec = m->recorded[g][i].exec;
+    if (!exec) {
+        if (m->n_recorded[g] == kMaxExecs) return set_error(m->error, "too many n_kv values");
+        if (record(m, g, &exec) != 0) return -1;
+        m->recorded[g][m->n_recorded[g]++] = {m->n_kv, exec};
+    }
+    CUDA_OR_FAIL(m, cudaGraphLaunch(exec, m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+    return 0;
+}
+
+int ggc_model_run(ggc_model *m) { return ggc_model_run_graph(m, 0); }
+
+int ggc_model_run_group(ggc_model *m, int g, int i) {
+    if (!valid_graph(g) || i < 0 || i >= GGC_GRAPHS[g].n_groups) return set_error(m->error, "no group %d", i);
+    m->ctx.n_kv = m->n_kv;
+    GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->ctx, m->arena);
+    CUDA_OR_FAIL(m, cudaGetLastError());
+    CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+    return 0;
+}
+
+int ggc_model_set_threads(ggc_model *m, int n_threads) {
+    (void)m;
+    (void)n_threads;
+    return 0;
+}
+
+void ggc_model_reset_state(ggc_model *m) { cudaMemset(m->arena + GGC_STATE_OFFSET, 0, GGC_STATE_SIZE); }
+int ggc_model_n_tensors(int g) { return valid_graph(g) ? GGC_GRAPHS[g].n_tensors : 0; }
+const ggc_tensor_info *ggc_model_tensor(int g, int i) {
+    return valid_graph(g) && i >= 0 && i < GGC_GRAPHS[g].n_tensors ? &GGC_GRAPHS[g].tensors[i] : nullptr;
+}
+void *ggc_model_arena(ggc_model *m) { return m->arena; }
+size_t ggc_model_arena_size(void) { return GGC_ARENA_SIZE; }
+int ggc_model_n_groups(int g) { return valid_graph(g) ? GGC_GRAPHS[g].n_groups : 0; }
+
+}  // extern "C"
