@@ -20,12 +20,7 @@ PROMPT = ("The old lighthouse keeper climbed the stairs every evening, counting 
           "over the grey water for the ships that never came")
 
 
-# Where ggc's MUL_MAT sums in another order than ggml's x86 paths (tinyBLAS, AVX2 vec_dot), a
-# 1e-14 difference flips f16/q8 roundings downstream and a random model's near-tie flips a token.
-NOT_YET_EXACT = {("llama", "q4_0"), ("llama", "q4_k_m"), ("qwen2", "q8_0"), ("qwen2", "q4_k_m"), ("gemma3", "q8_0"),
-                 ("gemma3", "q4_0"), ("gemma3", "q4_k_m"), ("qwen3moe", "q4_0"), ("qwen3moe", "q4_k_m")}
-CASES = [pytest.param(a, q, marks=pytest.mark.xfail(strict=True, reason="MUL_MAT not yet bit-exact with ggml"))
-         if (a, q) in NOT_YET_EXACT else (a, q) for a in ARCHS for q in ("f16", "q8_0", "q4_0", "q4_k_m")]
+CASES = [(a, q) for a in ARCHS for q in ("f16", "q8_0", "q4_0", "q4_k_m")]
 
 
 @pytest.mark.parametrize("arch,quant", CASES)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import GgcError
 from ..ir.graph import Graph
-from .compare import NodeResult, compare, nmse, threshold, to_float
+from .compare import NodeResult, compare, nmse, threshold_of, to_float
 from .rebuild import Rebuilt, leaf_source
 
 # (graph, gguf path, leaf values by id, reference node values by id) -> one result per node
@@ -66,7 +66,7 @@ def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int,
                     note = "fused" if g is not None else "dead"
                     if note == "dead":
                         raise GgcError(f"{t.label()}: the program drops a node the reference computed")
-                    results[t.id] = NodeResult(t, 0.0, threshold(t.op), note=note)
+                    results[t.id] = NodeResult(t, 0.0, threshold_of(t), note=note)
                 else:
                     results[t.id] = compare(t, expected[t.id], prog.get(t))
             # the whole program on its own values

@@ -5,8 +5,9 @@
  *   - from_float is ggml-cpu's from_float: the reference quantizers for q4_0..q5_1 and q8_K, and
  *     the x86 AVX quantizers for q8_0 / q8_1 (they scale by 127/amax and round half to even,
  *     where the reference multiplies by 1/d and rounds half away from zero);
- *   - vec_dot sums integer products exactly within each block, then adds block results in float
- *     scaled by the product of the two block scales, like ggml's generic vec_dot.
+ *   - the dot products are bit-identical to ggml-cpu's x86 AVX2 + FMA kernels: its vec_dot per
+ *     type, llamafile's tinyBLAS and the tiled K-quant matmul (see "dot products" below; which
+ *     one a MUL_MAT uses is chosen in ggc_matmul.c).
  */
 #include <float.h>
 #include <math.h>
@@ -416,168 +417,453 @@ void ggc_from_float(ggc_type t, const float *src, void *dst, int64_t n) {
     }
 }
 
-/* ------------------------------------------------------------------ dot products */
+/* ------------------------------------------------------------------ dot products
+ *
+ * The dot products of ggml's CPU backend as built in llama-cpp-python here: x86-64 with AVX2,
+ * FMA and F16C (no AVX512, no AVX-VNNI), compiled by GCC, whose default -ffp-contract=fast also
+ * fuses a few scalar a*b + c of the C source into one FMA (marked "fused by GCC" below, checked
+ * in the disassembly of libggml-cpu.so). SIMD registers are emulated lane by lane: an __m256 is a
+ * float[8], an __m256i of int32 an int32_t[8]. Integer parts are exact, so what must match is the
+ * float structure: which products each lane sums, in which order lanes are reduced, and where an
+ * FMA rounds once instead of twice.
+ *
+ *   ggc_vec_dot       ggml's vec_dot of the weight type (arch/x86/quants.c, vec.cpp)
+ *   ggc_dot_tinyblas  llamafile_sgemm's tinyBLAS<8, __m256, ...> for f32 / f16 / bf16 (llamafile/sgemm.cpp)
+ *   ggc_dot_tiled     the tiled K-quant matmul, AVX2 microkernel (tiled/tiled.cpp, tiled-kernel.cpp)
+ * tinyBLAS_Q0_AVX (llamafile's q8_0 / q4_0 / q5_0 kernel) computes exactly what those types'
+ * vec_dot computes: per block 8 int32 lanes, one fma by dx*dy each, then hsum. */
 
-/* plain types: float products summed in double, as ggml's scalar path */
-static float dot_f32(int64_t n, const float *x, const float *y) {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++) s += (double)(x[i] * y[i]);
+/* fmaf(a, b, c), exactly, and fma8: the same on 8 lanes, as _mm256_fmadd_ps.
+ *
+ * Where fmaf is a libm call (a build for generic x86-64, which has no FMA instruction to inline),
+ * the calls cost more than all the integer work of the quantized dots, so without FP_FAST_FMAF
+ * the fused multiply-add is done in double: a * b is exact there, and when p + c is exact in
+ * double too (its TwoSum remainder is 0: nearly always), rounding it to float is the fused
+ * result. fma8 does that for 8 lanes at once in a form compilers vectorize, and fma_f settles
+ * the rare inexact case by rounding the double sum to odd (53 >= 2 * 24 + 2 bits, so the second
+ * rounding, to float, is then correct): an inexact result with an even last bit moves one ulp
+ * toward the exact sum. Needs double arithmetic without excess precision (FLT_EVAL_METHOD 0). */
+#if defined(FP_FAST_FMAF) || !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#define fma_f fmaf
+static inline void fma8(float *restrict acc, const float *restrict a, const float *restrict b) {
+    for (int l = 0; l < 8; l++) acc[l] = fmaf(a[l], b[l], acc[l]);
+}
+#else
+static inline float fma_f(float a, float b, float c) {
+    const double p = (double)a * (double)b, s = p + (double)c;
+    const double cv = s - p, pv = s - cv, err = (p - pv) + ((double)c - cv);
+    uint64_t u;
+    memcpy(&u, &s, sizeof u);
+    if (err != 0.0 && !(u & 1) && s - s == 0.0) u += (err > 0.0) == (s > 0.0) ? 1 : UINT64_MAX;
+    double r;
+    memcpy(&r, &u, sizeof r);
+    return (float)r;
+}
+static inline void fma8(float *restrict acc, const float *restrict a, const float *restrict b) {
+    double s[8], err[8];
+    for (int l = 0; l < 8; l++) {
+        const double p = (double)a[l] * (double)b[l];
+        s[l] = p + (double)acc[l];
+        const double cv = s[l] - p, pv = s[l] - cv;
+        err[l] = (p - pv) + ((double)acc[l] - cv);
+    }
+    uint64_t inexact = 0; /* any err nonzero (its sign bit shifted out), or NaN */
+    for (int l = 0; l < 8; l++) {
+        uint64_t u;
+        memcpy(&u, &err[l], sizeof u);
+        inexact |= u << 1;
+    }
+    if (inexact)
+        for (int l = 0; l < 8; l++) acc[l] = fma_f(a[l], b[l], acc[l]);
+    else
+        for (int l = 0; l < 8; l++) acc[l] = (float)s[l];
+}
+#endif
+
+/* hsum_float_8 (arch/x86/quants.c), which is also tinyBLAS's hsum(__m256): high half plus low
+ * half, then _mm_movehl_ps, then _mm_movehdup_ps */
+static float hsum8(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+/* the end of GGML_F32x8_REDUCE (simd-mappings.h): halves added, then two _mm_hadd_ps */
+static float hadd8(const float a[8]) {
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+/* acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lane), acc) */
+static inline void fmadd8(float acc[8], float d, const int32_t lane[8]) {
+    float dv[8], lv[8];
+    for (int l = 0; l < 8; l++) {
+        dv[l] = d;
+        lv[l] = (float)lane[l];
+    }
+    fma8(acc, dv, lv);
+}
+
+/* ---- f32, f16, bf16 */
+
+/* An FMA of two halves: their product is exact in float (11-bit significands, no underflow), so
+ * the fused result is the plain sum. (Not so for bf16, whose products can underflow.) */
+static inline float fma_h(uint16_t a, uint16_t b, float c) { return c + h2f(a) * h2f(b); }
+
+/* ggml_vec_dot_f32 (vec.cpp), AVX path: GGML_F32_STEP 32 = 4 accumulators of 8 lanes, fused
+ * multiply-adds, GGML_F32x8_REDUCE, then the n % 32 leftovers in float. GCC vectorized that
+ * leftover loop: groups of 8, then one of 4, multiply then add; the last 1-3 fused. */
+static float vec_dot_f32(int64_t n, const float *x, const float *y) {
+    const int64_t np = n & ~(int64_t)31;
+    float sum[4][8] = {{0}};
+    for (int64_t i = 0; i < np; i += 32)
+        for (int j = 0; j < 4; j++) fma8(sum[j], x + i + 8 * j, y + i + 8 * j);
+    for (int l = 0; l < 8; l++) sum[0][l] = (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]);
+    float s = hadd8(sum[0]);
+    int64_t i = np, unfused = n - np >= 8 ? (n - np) & ~(int64_t)7 : 0;
+    if (n - np - unfused >= 4) unfused += 4;
+    for (; i < np + unfused; i++) s += x[i] * y[i];
+    for (; i < n; i++) s = fma_f(x[i], y[i], s);
+    return s;
+}
+/* ggml_vec_dot_f16 (vec.cpp), AVX + F16C path: as f32 on the widened halves, the reduced sum and
+ * the leftovers (float products) added in double */
+static float vec_dot_f16(int64_t n, const uint16_t *x, const uint16_t *y) {
+    const int64_t np = n & ~(int64_t)31;
+    float sum[4][8] = {{0}};
+    for (int64_t i = 0; i < np; i += 32)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 8; l++) sum[j][l] = fma_h(x[i + 8 * j + l], y[i + 8 * j + l], sum[j][l]);
+    for (int l = 0; l < 8; l++) sum[0][l] = (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]);
+    double s = hadd8(sum[0]);
+    for (int64_t i = np; i < n; i++) s += (double)(h2f(x[i]) * h2f(y[i]));
     return (float)s;
 }
-static float dot_f16(int64_t n, const uint16_t *x, const uint16_t *y) {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++) s += (double)(h2f(x[i]) * h2f(y[i]));
-    return (float)s;
+/* 8 bf16 as floats */
+static inline void bf16x8(const uint16_t *p, float v[8]) {
+    for (int l = 0; l < 8; l++) v[l] = ggc_bf16_to_fp32(p[l]);
 }
-static float dot_bf16(int64_t n, const uint16_t *x, const uint16_t *y) {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++) s += (double)(ggc_bf16_to_fp32(x[i]) * ggc_bf16_to_fp32(y[i]));
-    return (float)s;
-}
-
-/* 32-element formats against q8_0 / q8_1: an exact integer sum per block, scaled by dx*dy; the
- * affine ones (q4_1, q5_1) add m * s, where q8_1's s = dy * sum(y quants). */
-static float dot_q4_0(int64_t nb, const blk_q4_0 *x, const blk_q8_0 *y) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++)
-            sumi += ((x[i].qs[j] & 0xF) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + QK / 2];
-        s += (h2f(x[i].d) * h2f(y[i].d)) * sumi;
-    }
-    return s;
-}
-static float dot_q4_1(int64_t nb, const blk_q4_1 *x, const blk_q8_1 *y) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++)
-            sumi += (x[i].qs[j] & 0xF) * y[i].qs[j] + (x[i].qs[j] >> 4) * y[i].qs[j + QK / 2];
-        s += (h2f(x[i].d) * h2f(y[i].d)) * sumi + h2f(x[i].m) * h2f(y[i].s);
-    }
-    return s;
-}
-static float dot_q5_0(int64_t nb, const blk_q5_0 *x, const blk_q8_0 *y) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++)
-            sumi += (((x[i].qs[j] & 0xF) | q5_high(qh, j)) - 16) * y[i].qs[j] +
-                    (((x[i].qs[j] >> 4) | q5_high(qh, j + 16)) - 16) * y[i].qs[j + QK / 2];
-        s += (h2f(x[i].d) * h2f(y[i].d)) * sumi;
-    }
-    return s;
-}
-static float dot_q5_1(int64_t nb, const blk_q5_1 *x, const blk_q8_1 *y) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++)
-            sumi += ((x[i].qs[j] & 0xF) | q5_high(qh, j)) * y[i].qs[j] +
-                    ((x[i].qs[j] >> 4) | q5_high(qh, j + 16)) * y[i].qs[j + QK / 2];
-        s += (h2f(x[i].d) * h2f(y[i].d)) * sumi + h2f(x[i].m) * h2f(y[i].s);
-    }
-    return s;
-}
-static float dot_q8_0(int64_t nb, const blk_q8_0 *x, const blk_q8_0 *y) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK; j++) sumi += x[i].qs[j] * y[i].qs[j];
-        s += (h2f(x[i].d) * h2f(y[i].d)) * sumi;
-    }
-    return s;
-}
-
-/* K-quants against q8_K: per 256-block, sum over groups of (integer group scale) * (integer
- * group dot), then one float scale d = dx * dy; the min terms use q8_K's per-16 bsums. */
-static int group_dot(const int8_t *q, const int8_t *y, int n) {
-    int s = 0;
-    for (int l = 0; l < n; l++) s += q[l] * y[l];
-    return s;
-}
-static float dot_q2_K(int64_t nb, const blk_q2_K *x, const blk_q8_K *y) {
-    int8_t q[GGC_QK_K];
-    float s = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        q2k_quants(&x[i], q);
-        int isum = 0, summs = 0;
-        for (int g = 0; g < 16; g++) {
-            isum += (x[i].scales[g] & 0xF) * group_dot(q + 16 * g, y[i].qs + 16 * g, 16);
-            summs += y[i].bsums[g] * (x[i].scales[g] >> 4);
+/* ggml_vec_dot_bf16 (vec.cpp), AVX2 path: 4 accumulators of 8 lanes over 32 elements, their
+ * mul + add fused by GCC; (c1 + c3) + (c2 + c4), hsum; sum and leftovers in double */
+static float vec_dot_bf16(int64_t n, const uint16_t *x, const uint16_t *y) {
+    float c[4][8] = {{0}}, xv[8], yv[8];
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 4; j++) {
+            bf16x8(x + i + 8 * j, xv);
+            bf16x8(y + i + 8 * j, yv);
+            fma8(c[j], xv, yv);
         }
-        const float dall = y[i].d * h2f(x[i].d), dmin = y[i].d * h2f(x[i].dmin);
-        s += dall * isum - dmin * summs;
-    }
-    return s;
+    for (int l = 0; l < 8; l++) c[0][l] = (c[0][l] + c[2][l]) + (c[1][l] + c[3][l]);
+    double s = hsum8(c[0]);
+    for (; i < n; i++) s += (double)(ggc_bf16_to_fp32(x[i]) * ggc_bf16_to_fp32(y[i]));
+    return (float)s;
 }
-static float dot_q3_K(int64_t nb, const blk_q3_K *x, const blk_q8_K *y) {
-    int8_t q[GGC_QK_K];
-    float s = 0.0f;
+
+/* llamafile_sgemm's tinyBLAS<8, __m256, __m256, T, T, float>::gemm_bloc, for one output element:
+ * one accumulator of 8 lanes, lane j fused-multiply-adds elements l + j for l = 0, 8, 16, ...,
+ * then hsum. a and b are rows of k elements of type t (f32, f16 or bf16; k a multiple of 8).
+ * The tiling and thread split only choose which elements a thread computes, not how. */
+float ggc_dot_tinyblas(ggc_type t, int64_t k, const void *a, const void *b) {
+    float acc[8] = {0}, av[8], bv[8];
+    for (int64_t l = 0; l < k; l += 8) {
+        if (t == GGC_TYPE_F16) {
+            const uint16_t *ah = (const uint16_t *)a + l, *bh = (const uint16_t *)b + l;
+            for (int j = 0; j < 8; j++) acc[j] = fma_h(ah[j], bh[j], acc[j]);
+        } else if (t == GGC_TYPE_BF16) {
+            bf16x8((const uint16_t *)a + l, av);
+            bf16x8((const uint16_t *)b + l, bv);
+            fma8(acc, av, bv);
+        } else {
+            fma8(acc, (const float *)a + l, (const float *)b + l);
+        }
+    }
+    return hsum8(acc);
+}
+
+/* ---- 32-element formats against q8_0 / q8_1 */
+
+/* The int32 lanes of mul_sum_i8_pairs_float / mul_sum_us8_pairs_float (maddubs then madd with
+ * ones): lane l sums the products of bytes 4l..4l+3. (ggml's sign trick, |x| * sign(y, x), is
+ * x * y for every y its q8 quantizers produce, which never give -128.) */
+static inline void quad_lanes(const int8_t x[QK], const int8_t y[QK], int32_t lane[8]) {
+    int16_t p[QK]; /* |x * y| <= 128 * 128 */
+    for (int e = 0; e < QK; e++) p[e] = (int16_t)(x[e] * y[e]);
+    for (int l = 0; l < 8; l++) lane[l] = (p[4 * l] + p[4 * l + 1]) + (p[4 * l + 2] + p[4 * l + 3]);
+}
+/* a block's 32 quants in element order: low nibbles are elements 0..15, high nibbles 16..31
+ * (bytes_from_nibbles_32), plus q5's 5th bit; `off` is subtracted (8 / 16 for the symmetric
+ * formats, 0 for the affine ones) */
+static void nibble_vals(const uint8_t qs[QK / 2], const uint8_t *qh, int off, int8_t v[QK]) {
+    uint32_t h = 0;
+    if (qh) memcpy(&h, qh, 4);
+    for (int j = 0; j < QK / 2; j++) {
+        v[j] = (int8_t)(((qs[j] & 0xF) | (qh ? q5_high(h, j) : 0)) - off);
+        v[j + QK / 2] = (int8_t)(((qs[j] >> 4) | (qh ? q5_high(h, j + QK / 2) : 0)) - off);
+    }
+}
+
+/* ggml_vec_dot_q4_0_q8_0 / q5_0_q8_0 / q8_0_q8_0, AVX2 (and tinyBLAS_Q0_AVX, identically): per
+ * block acc = fma(dx * dy, lanes, acc), then hsum */
+static float vec_dot_q4_0(int64_t nb, const blk_q4_0 *x, const blk_q8_0 *y) {
+    float acc[8] = {0};
+    int8_t v[QK];
+    int32_t lane[8];
     for (int64_t i = 0; i < nb; i++) {
-        q3k_quants(&x[i], q);
-        int isum = 0;
-        for (int g = 0; g < 16; g++) isum += q3k_scale(x[i].scales, g) * group_dot(q + 16 * g, y[i].qs + 16 * g, 16);
-        s += (h2f(x[i].d) * y[i].d) * isum;
+        nibble_vals(x[i].qs, NULL, 8, v);
+        quad_lanes(v, y[i].qs, lane);
+        fmadd8(acc, h2f(x[i].d) * h2f(y[i].d), lane);
     }
-    return s;
+    return hsum8(acc);
 }
-static float dot_q45_K(const uint16_t *dm, const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
-                       const blk_q8_K *y) {
+static float vec_dot_q5_0(int64_t nb, const blk_q5_0 *x, const blk_q8_0 *y) {
+    float acc[8] = {0};
+    int8_t v[QK];
+    int32_t lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        nibble_vals(x[i].qs, x[i].qh, 16, v);
+        quad_lanes(v, y[i].qs, lane);
+        fmadd8(acc, h2f(x[i].d) * h2f(y[i].d), lane);
+    }
+    return hsum8(acc);
+}
+static float vec_dot_q8_0(int64_t nb, const blk_q8_0 *x, const blk_q8_0 *y) {
+    float acc[8] = {0};
+    int32_t lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        quad_lanes(x[i].qs, y[i].qs, lane);
+        fmadd8(acc, h2f(x[i].d) * h2f(y[i].d), lane);
+    }
+    return hsum8(acc);
+}
+/* ggml_vec_dot_q4_1_q8_1 / q5_1_q8_1, AVX2: the same lanes on the unsigned quants; the min
+ * terms summed apart, summs += m * s fused by GCC, and added after the hsum */
+static float vec_dot_q4_1(int64_t nb, const blk_q4_1 *x, const blk_q8_1 *y) {
+    float acc[8] = {0}, summs = 0.0f;
+    int8_t v[QK];
+    int32_t lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        summs = fma_f(h2f(x[i].m), h2f(y[i].s), summs);
+        nibble_vals(x[i].qs, NULL, 0, v);
+        quad_lanes(v, y[i].qs, lane);
+        fmadd8(acc, h2f(x[i].d) * h2f(y[i].d), lane);
+    }
+    return hsum8(acc) + summs;
+}
+static float vec_dot_q5_1(int64_t nb, const blk_q5_1 *x, const blk_q8_1 *y) {
+    float acc[8] = {0}, summs = 0.0f;
+    int8_t v[QK];
+    int32_t lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        summs = fma_f(h2f(x[i].m), h2f(y[i].s), summs);
+        nibble_vals(x[i].qs, x[i].qh, 0, v);
+        quad_lanes(v, y[i].qs, lane);
+        fmadd8(acc, h2f(x[i].d) * h2f(y[i].d), lane);
+    }
+    return hsum8(acc) + summs;
+}
+
+/* ---- K-quants against q8_K */
+
+/* One K-quant block unpacked: its 256 quants as the kernels multiply them (q2_K 0..3, q3_K
+ * -4..3, q4_K 0..15, q5_K 0..31, q6_K -32..31), the scale of each 16-element group (the
+ * 32-element formats repeat theirs), the mins (q2_K: one per 16 in m[0..15]; q4_K / q5_K: one
+ * per 32 in m[0..7]) and the f16 block scales as floats. */
+typedef struct {
     int8_t q[GGC_QK_K];
-    q45k_quants(qs, qh, q);
-    int isum = 0, summs = 0;
+    int sc[16], m[16];
+    float d, dmin;
+} kblock;
+
+static void unpack_q2_K(const blk_q2_K *b, kblock *k) {
+    q2k_quants(b, k->q);
+    for (int g = 0; g < 16; g++) {
+        k->sc[g] = b->scales[g] & 0xF;
+        k->m[g] = b->scales[g] >> 4;
+    }
+    k->d = h2f(b->d);
+    k->dmin = h2f(b->dmin);
+}
+static void unpack_q3_K(const blk_q3_K *b, kblock *k) {
+    q3k_quants(b, k->q);
+    for (int g = 0; g < 16; g++) k->sc[g] = q3k_scale(b->scales, g);
+    k->d = h2f(b->d);
+    k->dmin = 0.0f;
+}
+static void unpack_q45_K(const uint16_t *dm, const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, kblock *k) {
+    q45k_quants(qs, qh, k->q);
     for (int s = 0; s < 8; s++) {
-        int sc, m;
-        k4_scale_min(scales, s, &sc, &m);
-        isum += sc * group_dot(q + 32 * s, y->qs + 32 * s, 32);
-        summs += m * (y->bsums[2 * s] + y->bsums[2 * s + 1]);
+        k4_scale_min(scales, s, &k->sc[2 * s], &k->m[s]);
+        k->sc[2 * s + 1] = k->sc[2 * s];
     }
-    return (h2f(dm[0]) * y->d) * isum - (h2f(dm[1]) * y->d) * summs;
+    k->d = h2f(dm[0]);
+    k->dmin = h2f(dm[1]);
 }
-static float dot_q6_K(int64_t nb, const blk_q6_K *x, const blk_q8_K *y) {
-    int8_t q[GGC_QK_K];
-    float s = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        q6k_quants(&x[i], q);
-        int isum = 0;
-        for (int g = 0; g < 16; g++) isum += x[i].scales[g] * group_dot(q + 16 * g, y[i].qs + 16 * g, 16);
-        s += (h2f(x[i].d) * y[i].d) * isum;
+static void unpack_q6_K(const blk_q6_K *b, kblock *k) {
+    q6k_quants(b, k->q);
+    for (int g = 0; g < 16; g++) k->sc[g] = b->scales[g];
+    k->d = h2f(b->d);
+    k->dmin = 0.0f;
+}
+/* block i of a K-quant row, unpacked */
+static void unpack_K(ggc_type t, const void *x, int64_t i, kblock *k) {
+    switch (t) {
+    case GGC_TYPE_Q2_K: unpack_q2_K((const blk_q2_K *)x + i, k); break;
+    case GGC_TYPE_Q3_K: unpack_q3_K((const blk_q3_K *)x + i, k); break;
+    case GGC_TYPE_Q4_K: {
+        const blk_q4_K *b = (const blk_q4_K *)x + i;
+        unpack_q45_K(&b->d, b->scales, b->qs, NULL, k);
+        break;
     }
-    return s;
+    case GGC_TYPE_Q5_K: {
+        const blk_q5_K *b = (const blk_q5_K *)x + i;
+        unpack_q45_K(&b->d, b->scales, b->qs, b->qh, k);
+        break;
+    }
+    default: unpack_q6_K((const blk_q6_K *)x + i, k); break;
+    }
+}
+
+/* The integer core shared by every K-quant kernel: quad[i] = the products of elements
+ * 4i..4i+3, each quant offset by `off` first, times the scale of their 16-element group. */
+static void k_quads(const kblock *k, int off, const int8_t *y, int32_t quad[64]) {
+    for (int i = 0; i < 64; i++) {
+        const int8_t *q = k->q + 4 * i, *v = y + 4 * i;
+        quad[i] = k->sc[i / 4] *
+                  ((q[0] + off) * v[0] + (q[1] + off) * v[1] + (q[2] + off) * v[2] + (q[3] + off) * v[3]);
+    }
+}
+/* ggml's AVX2 K-quant vec_dot holds them in 8 int32 lanes: maddubs + madd put bytes 4l..4l+3 of
+ * each 32-element chunk c into lane l, so lane l sums quads l, l + 8, ..., l + 56 */
+static void k_lanes(const int32_t quad[64], int32_t lane[8]) {
+    for (int l = 0; l < 8; l++) {
+        int32_t s = 0;
+        for (int c = 0; c < 8; c++) s += quad[8 * c + l];
+        lane[l] = s;
+    }
+}
+
+/* ggml_vec_dot_q2_K_q8_K, AVX2: acc = fma(-dy * dmin, mins·bsums lanes, acc), then
+ * acc = fma(dy * d, lanes, acc), per block; hsum */
+static float vec_dot_q2_K(int64_t nb, const void *x, const blk_q8_K *y) {
+    float acc[8] = {0};
+    kblock k;
+    int32_t quad[64], lane[8], prod[8];
+    for (int64_t i = 0; i < nb; i++) {
+        unpack_K(GGC_TYPE_Q2_K, x, i, &k);
+        for (int l = 0; l < 8; l++) prod[l] = k.m[2 * l] * y[i].bsums[2 * l] + k.m[2 * l + 1] * y[i].bsums[2 * l + 1];
+        fmadd8(acc, -y[i].d * k.dmin, prod);
+        k_quads(&k, 0, y[i].qs, quad);
+        k_lanes(quad, lane);
+        fmadd8(acc, y[i].d * k.d, lane);
+    }
+    return hsum8(acc);
+}
+/* ggml_vec_dot_q3_K_q8_K, AVX2: acc = fma(dy * d, lanes, acc) per block; hsum */
+static float vec_dot_q3_K(int64_t nb, const void *x, const blk_q8_K *y) {
+    float acc[8] = {0};
+    kblock k;
+    int32_t quad[64], lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        unpack_K(GGC_TYPE_Q3_K, x, i, &k);
+        k_quads(&k, 0, y[i].qs, quad);
+        k_lanes(quad, lane);
+        fmadd8(acc, y[i].d * k.d, lane);
+    }
+    return hsum8(acc);
+}
+/* ggml_vec_dot_q4_K_q8_K, AVX2: the min terms in a 4-lane accumulator (lane l: mins 2l, 2l+1
+ * times the bsums of their 32 elements), reduced by movehl + movehdup and added after the hsum */
+static float vec_dot_q4_K(int64_t nb, const void *x, const blk_q8_K *y) {
+    float acc[8] = {0}, accm[4] = {0};
+    kblock k;
+    int32_t quad[64], lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        unpack_K(GGC_TYPE_Q4_K, x, i, &k);
+        int q8s[8];
+        for (int s = 0; s < 8; s++) q8s[s] = (int16_t)(y[i].bsums[2 * s] + y[i].bsums[2 * s + 1]);
+        const float dmin = -y[i].d * k.dmin;
+        for (int l = 0; l < 4; l++)
+            accm[l] = fma_f(dmin, (float)(k.m[2 * l] * q8s[2 * l] + k.m[2 * l + 1] * q8s[2 * l + 1]), accm[l]);
+        k_quads(&k, 0, y[i].qs, quad);
+        k_lanes(quad, lane);
+        fmadd8(acc, y[i].d * k.d, lane);
+    }
+    return hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
+}
+/* ggml_vec_dot_q5_K_q8_K, AVX2: the min term an exact integer per block, summs += dmin * it
+ * (fused by GCC), added after the hsum */
+static float vec_dot_q5_K(int64_t nb, const void *x, const blk_q8_K *y) {
+    float acc[8] = {0}, summs = 0.0f;
+    kblock k;
+    int32_t quad[64], lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        unpack_K(GGC_TYPE_Q5_K, x, i, &k);
+        int32_t mins = 0;
+        for (int s = 0; s < 8; s++) mins += k.m[s] * (int16_t)(y[i].bsums[2 * s] + y[i].bsums[2 * s + 1]);
+        summs = fma_f(-y[i].d * k.dmin, (float)mins, summs);
+        k_quads(&k, 0, y[i].qs, quad);
+        k_lanes(quad, lane);
+        fmadd8(acc, y[i].d * k.d, lane);
+    }
+    return hsum8(acc) + summs;
+}
+/* ggml_vec_dot_q6_K_q8_K, AVX2: lanes of the unsigned quants (q + 32), lane l then less
+ * 32 * (scales 2l, 2l+1 times their bsums); acc = fma(dy * d, lanes, acc); hsum */
+static float vec_dot_q6_K(int64_t nb, const void *x, const blk_q8_K *y) {
+    float acc[8] = {0};
+    kblock k;
+    int32_t quad[64], lane[8];
+    for (int64_t i = 0; i < nb; i++) {
+        unpack_K(GGC_TYPE_Q6_K, x, i, &k);
+        k_quads(&k, 32, y[i].qs, quad);
+        k_lanes(quad, lane);
+        for (int l = 0; l < 8; l++)
+            lane[l] -= 32 * (y[i].bsums[2 * l] * k.sc[2 * l] + y[i].bsums[2 * l + 1] * k.sc[2 * l + 1]);
+        fmadd8(acc, y[i].d * k.d, lane);
+    }
+    return hsum8(acc);
 }
 
 float ggc_vec_dot(ggc_type t, int64_t n, const void *x, const void *y) {
     const int64_t nb = n / ggc_blck_size(t);
-    float s = 0.0f;
     switch (t) {
-    case GGC_TYPE_F32: return dot_f32(n, x, y);
-    case GGC_TYPE_F16: return dot_f16(n, x, y);
-    case GGC_TYPE_BF16: return dot_bf16(n, x, y);
-    case GGC_TYPE_Q4_0: return dot_q4_0(nb, x, y);
-    case GGC_TYPE_Q4_1: return dot_q4_1(nb, x, y);
-    case GGC_TYPE_Q5_0: return dot_q5_0(nb, x, y);
-    case GGC_TYPE_Q5_1: return dot_q5_1(nb, x, y);
-    case GGC_TYPE_Q8_0: return dot_q8_0(nb, x, y);
-    case GGC_TYPE_Q2_K: return dot_q2_K(nb, x, y);
-    case GGC_TYPE_Q3_K: return dot_q3_K(nb, x, y);
-    case GGC_TYPE_Q4_K:
-        for (int64_t i = 0; i < nb; i++) {
-            const blk_q4_K *b = (const blk_q4_K *)x + i;
-            s += dot_q45_K(&b->d, b->scales, b->qs, NULL, (const blk_q8_K *)y + i);
-        }
-        return s;
-    case GGC_TYPE_Q5_K:
-        for (int64_t i = 0; i < nb; i++) {
-            const blk_q5_K *b = (const blk_q5_K *)x + i;
-            s += dot_q45_K(&b->d, b->scales, b->qs, b->qh, (const blk_q8_K *)y + i);
-        }
-        return s;
-    case GGC_TYPE_Q6_K: return dot_q6_K(nb, x, y);
+    case GGC_TYPE_F32: return vec_dot_f32(n, x, y);
+    case GGC_TYPE_F16: return vec_dot_f16(n, x, y);
+    case GGC_TYPE_BF16: return vec_dot_bf16(n, x, y);
+    case GGC_TYPE_Q4_0: return vec_dot_q4_0(nb, x, y);
+    case GGC_TYPE_Q4_1: return vec_dot_q4_1(nb, x, y);
+    case GGC_TYPE_Q5_0: return vec_dot_q5_0(nb, x, y);
+    case GGC_TYPE_Q5_1: return vec_dot_q5_1(nb, x, y);
+    case GGC_TYPE_Q8_0: return vec_dot_q8_0(nb, x, y);
+    case GGC_TYPE_Q2_K: return vec_dot_q2_K(nb, x, y);
+    case GGC_TYPE_Q3_K: return vec_dot_q3_K(nb, x, y);
+    case GGC_TYPE_Q4_K: return vec_dot_q4_K(nb, x, y);
+    case GGC_TYPE_Q5_K: return vec_dot_q5_K(nb, x, y);
+    case GGC_TYPE_Q6_K: return vec_dot_q6_K(nb, x, y);
     default: return 0.0f; /* q8_1 and q8_K are only ever the y side */
     }
+}
+
+/* The tiled K-quant matmul (ggml_compute_forward_mul_mat_tiled, tiled_run_microtile_avx2) for one
+ * output element: per 256-block an exact integer s1 = sum of group scale * group dot (q3_K and
+ * q6_K biased and corrected back exactly), and for the formats with mins s2 = sum of min *
+ * bsums; res = d * s1, res = fnmadd(dmin, s2, res), acc = fma(res, dy, acc) across the blocks in
+ * order. Tiles and threads split rows and columns, never k. t is q2_K .. q6_K, y q8_K. */
+float ggc_dot_tiled(ggc_type t, int64_t n, const void *x, const void *vy) {
+    const blk_q8_K *y = vy;
+    float acc = 0.0f;
+    kblock k;
+    int32_t quad[64];
+    for (int64_t i = 0; i < n / GGC_QK_K; i++) {
+        unpack_K(t, x, i, &k);
+        k_quads(&k, 0, y[i].qs, quad);
+        int32_t s1 = 0, s2 = 0;
+        for (int q = 0; q < 64; q++) s1 += quad[q];
+        float res = k.d * (float)s1;
+        if (t == GGC_TYPE_Q2_K) {
+            for (int g = 0; g < 16; g++) s2 += k.m[g] * y[i].bsums[g];
+            res = fma_f(-k.dmin, (float)s2, res);
+        } else if (t == GGC_TYPE_Q4_K || t == GGC_TYPE_Q5_K) {
+            for (int s = 0; s < 8; s++) s2 += k.m[s] * (y[i].bsums[2 * s] + y[i].bsums[2 * s + 1]);
+            res = fma_f(-k.dmin, (float)s2, res);
+        }
+        acc = fma_f(res, y[i].d, acc);
+    }
+    return acc;
 }
