@@ -24,8 +24,10 @@ def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False
     if (compiled.out / "program.cu").exists():
         if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
             raise GgcError("nvcc not found: install the CUDA toolkit (or use --target c)")
-        if os.environ.get("GGC_CUDA_ARCH"):
-            args.append(f"ARCH={os.environ['GGC_CUDA_ARCH']}")
+        from ..backends.cuda.abi import arch, build_library
+
+        # link the kernel library built (and cached) once, instead of compiling every kernel per program
+        args += [f"ARCH={arch().removeprefix('sm_')}", f"KERNELS={build_library()}"]
     r = subprocess.run(args, cwd=compiled.out, capture_output=True, text=True)
     if r.returncode != 0:
         raise GgcError(f"building {compiled.out} failed:\n{r.stdout}{r.stderr}")

@@ -79,19 +79,26 @@ CUDA_ABI = KernelABI(op_prefix="ggc_cuda_op_", work_prefix="ggc_cuda_work_", ctx
 MAKEFILE = """\
 # Build the generated CUDA program: `make` gives ./{name} (a CLI) and lib{name}.so (the C API).
 # ARCH picks the GPU architectures (compute capabilities): `make ARCH=90` builds for Hopper alone.
+# KERNELS=/path/libggc_cuda.so links a kernel library built before instead of compiling kernels/.
 NVCC ?= nvcc
 ARCH ?= {archs}
 NVFLAGS ?= -O3
+KERNELS ?=
 override NVFLAGS += -std=c++17 -Ikernels -I. $(foreach a,$(ARCH),-gencode arch=compute_$(a),code=sm_$(a))
-SRC = program.cu ggc_model_cuda.cu ggc_gguf.c kernels/ggc_core.c $(wildcard kernels/*.cu)
+SRC = program.cu ggc_model_cuda.cu ggc_gguf.c kernels/ggc_core.c
+ifeq ($(KERNELS),)
+SRC += $(wildcard kernels/*.cu)
+else
+LINK = $(KERNELS) -Xlinker -rpath=$(dir $(KERNELS))
+endif
 
 all: {name} lib{name}.so
 
 {name}: $(SRC) ggc_main.c
-\t$(NVCC) $(NVFLAGS) $^ -o $@
+\t$(NVCC) $(NVFLAGS) $^ $(LINK) -o $@
 
 lib{name}.so: $(SRC)
-\t$(NVCC) $(NVFLAGS) -Xcompiler -fPIC -shared $^ -o $@
+\t$(NVCC) $(NVFLAGS) -Xcompiler -fPIC -shared $^ $(LINK) -o $@
 
 clean:
 \trm -f {name} lib{name}.so

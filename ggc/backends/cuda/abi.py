@@ -1,0 +1,193 @@
+"""The CUDA kernel library seen from Python: build, GPU presence, and single-node runs.
+
+Mirrors ggc/backends/c/abi.py. The kernel library (kernels/*.cu, with the C ABI header ggc.h of
+the C backend) is compiled once with nvcc into a shared library, cached by content hash under
+~/.cache/ggc/cuda (or $GGC_CACHE/cuda). Kernels are ``ggc_cuda_op_<op>(const ggc_node *, const
+ggc_cuda_ctx *)`` on device pointers; the harness (kernels/ggc_cuda_harness.cu) copies a node's
+host bytes to the device, runs the kernel and copies the destination back, so kernels can be
+checked against ggml one node at a time.
+
+Environment: GGC_CUDA_ARCH (default sm_90) picks the target, e.g. sm_80; NVCC the compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import hashlib
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ...errors import GgcError
+from ...ir import params as prm
+from ...ir.graph import Tensor
+from ..c.abi import C_TYPES, MAX_SRC, CNode, op_param_words
+from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
+
+KERNEL_DIR = Path(__file__).parent / "kernels"
+DEFAULT_ARCH = "sm_90"
+NVCC_FLAGS = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC"]
+
+__all__ = ["KERNEL_DIR", "build_library", "find_nvcc", "has_gpu", "kernel_name", "load_library", "run_node",
+           "device_name", "C_TYPES", "MAX_SRC"]
+
+
+def kernel_name(t: Tensor) -> str:
+    """The CUDA function that computes this node: ggc_cuda_op_<op>, or ggc_cuda_op_unary_<op> / _glu_<op>."""
+    if t.op in ("UNARY", "GLU"):
+        return f"ggc_cuda_op_{t.op.lower()}_{str(t.params['op']).lower()}"
+    return f"ggc_cuda_op_{t.op.lower()}"
+
+
+def work_name(t: Tensor) -> str:
+    return f"ggc_cuda_work_{t.op.lower()}"
+
+
+def find_nvcc() -> str | None:
+    """nvcc from $NVCC, PATH, $CUDA_HOME or /usr/local/cuda."""
+    cand = [os.environ.get("NVCC", ""), shutil.which("nvcc") or ""]
+    for home in (os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"):
+        if home:
+            cand.append(str(Path(home) / "bin" / "nvcc"))
+    for c in cand:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def kernel_sources() -> list[Path]:
+    return sorted(KERNEL_DIR.glob("*.cu"))
+
+
+def arch() -> str:
+    return os.environ.get("GGC_CUDA_ARCH", DEFAULT_ARCH)
+
+
+def _arch_flags(a: str) -> list[str]:
+    # sm_90a and friends need the -gencode form (see the Hopper notes); sm_XY takes -arch
+    if a.endswith("a"):
+        num = a.removeprefix("sm_")
+        return [f"-gencode=arch=compute_{num},code=sm_{num}"]
+    return [f"-arch={a}"]
+
+
+def build_library(cache_dir: Path | None = None, jobs: int | None = None) -> Path:
+    """Compile every kernels/*.cu (each to an object, in parallel) and link one shared library,
+    once per content, flags and target."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise GgcError("no CUDA compiler found (install the CUDA toolkit, or set NVCC)")
+    sources = kernel_sources()
+    flags = [*NVCC_FLAGS, *_arch_flags(arch()), "-I", str(KERNEL_DIR), "-I", str(C_KERNEL_DIR)]
+    h = hashlib.sha256(" ".join([*NVCC_FLAGS, *_arch_flags(arch())]).encode())
+    for d in (KERNEL_DIR, C_KERNEL_DIR):
+        for p in sorted(d.iterdir()):
+            if p.suffix in (".cu", ".cuh", ".h"):
+                h.update(p.name.encode() + b"\0" + p.read_bytes())
+    cache = cache_dir or Path(os.environ.get("GGC_CACHE", Path.home() / ".cache" / "ggc")) / "cuda"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = cache / f"libggc_cuda-{arch()}-{h.hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    tmpdir = cache / f"build-{h.hexdigest()[:16]}-{os.getpid()}"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    try:
+        def compile_one(src: Path) -> tuple[Path, subprocess.CompletedProcess]:
+            obj = tmpdir / (src.stem + ".o")
+            r = subprocess.run([nvcc, *flags, "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+            return obj, r
+
+        workers = jobs or max(1, min(len(sources), os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as ex:
+            results = list(ex.map(compile_one, sources))
+        errors = [f"{src.name}:\n{r.stderr}" for src, (_, r) in zip(sources, results) if r.returncode != 0]
+        if errors:
+            raise GgcError("compiling the CUDA kernels failed:\n" + "\n".join(errors))
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        r = subprocess.run([nvcc, *_arch_flags(arch()), "-shared", *[str(o) for o, _ in results], "-o", str(tmp)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise GgcError(f"linking the CUDA kernels failed:\n{r.stderr}")
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+_LIBS: dict[Path, C.CDLL] = {}
+
+OP_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p)
+
+
+def load_library() -> C.CDLL:
+    path = build_library()
+    if path not in _LIBS:
+        lib = C.CDLL(str(path))
+        lib.ggc_cuda_device_count.restype = C.c_int
+        lib.ggc_cuda_device_name.argtypes = [C.c_char_p, C.c_size_t]
+        lib.ggc_cuda_run_node.restype = C.c_int
+        lib.ggc_cuda_run_node.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(CNode), C.POINTER(C.c_size_t),
+                                          C.c_size_t, C.c_char_p, C.c_size_t]
+        _LIBS[path] = lib
+    return _LIBS[path]
+
+
+def has_gpu() -> bool:
+    """True when the library builds, loads, and the CUDA runtime sees at least one device."""
+    try:
+        return load_library().ggc_cuda_device_count() > 0
+    except (GgcError, OSError):
+        return False
+
+
+def device_name() -> str:
+    buf = C.create_string_buffer(256)
+    load_library().ggc_cuda_device_name(buf, len(buf))
+    return buf.value.decode()
+
+
+def _fill(ct, t: Tensor, buf) -> None:
+    ct.data = C.cast(buf, C.c_void_p) if buf is not None else None
+    ct.type = C_TYPES.index(t.type.name)
+    for i in range(4):
+        ct.ne[i] = t.ne[i]
+        ct.nb[i] = t.nb[i]
+
+
+def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
+             lib: C.CDLL | None = None) -> bytes:
+    """Run the CUDA kernel for node t on these source bytes (each the span of its source from its
+    first element); dst_init is what the destination memory held before (it matters for writes
+    into views). Returns the destination's bytes."""
+    lib = lib or load_library()
+    name = kernel_name(t)
+    fn = getattr(lib, name, None)
+    if fn is None:
+        raise GgcError(f"{t.label()}: the CUDA backend has no kernel {name}")
+    work = getattr(lib, work_name(t), None)
+    node = CNode()
+    keep = []
+    sizes = (C.c_size_t * MAX_SRC)()
+    for j, s in enumerate(t.src):
+        if s is None:
+            continue
+        data = src_data[j]
+        if data is None or len(data) < s.nbytes:
+            raise GgcError(f"{t.label()}: source {j} needs {s.nbytes} bytes")
+        buf = C.create_string_buffer(data, len(data))
+        keep.append(buf)
+        _fill(node.src[j], s, buf)
+        sizes[j] = len(data)
+    dst = C.create_string_buffer(dst_init if dst_init is not None else b"\xa5" * t.nbytes, t.nbytes)
+    _fill(node.dst, t, dst)
+    for i, w in enumerate(op_param_words(t)):
+        node.op_params[i] = prm.i32_from_word(w)
+    err = C.create_string_buffer(512)
+    fn_ptr = C.cast(fn, C.c_void_p)
+    work_ptr = C.cast(work, C.c_void_p) if work is not None else None
+    rc = lib.ggc_cuda_run_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err))
+    if rc != 0:
+        raise GgcError(f"{t.label()}: {name} failed on the GPU ({rc}): {err.value.decode(errors='replace')}")
+    return dst.raw

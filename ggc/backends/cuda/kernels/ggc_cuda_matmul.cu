@@ -1,0 +1,966 @@
+/* ggc CUDA: MUL_MAT and MUL_MAT_ID.
+ *
+ * dst[i0, i1, i2, i3] = dot(src0 row i0 of matrix (i2 / r2, i3 / r3), src1 row (i1, i2, i3)),
+ * r2 = ne12 / ne02, r3 = ne13 / ne03, as ggml. src0 rows are contiguous within a row (nb00 = type
+ * size, as ggml asserts); every other stride of src0 and all of src1's are free: src1 is first
+ * converted into the work buffer (contiguous rows r = i11 + ne11 * (i12 + ne12 * i13)).
+ *
+ * Three kernels:
+ *  - mmvq (quantized weights, src1 ne11 <= 8): src1 quantized to 8-bit blocks (ggc_q8a); one warp
+ *    per weight row streams the row through shared memory in chunks of 1024 elements with 16-byte
+ *    cp.async loads (3 stages), each lane then dots one 32-element sub-block with __dp4a for every
+ *    src1 column (1..8, a template parameter), and the warp reduces.
+ *  - mmvf (f32 / f16 / bf16 weights, ne11 <= 8): src1 as contiguous f32; a row is read by 8, 16 or
+ *    32 lanes with 16-byte loads (8 elements a lane a step), f32 accumulation.
+ *  - mmq (ne11 > 8): tensor cores, mma.sync m16n8k16 (f16, or bf16 for bf16 weights; f32
+ *    accumulate). Tiles of BM = 32..128 src1 rows x BN = 128 weight rows x BK = 32; weights are
+ *    dequantized to f16 in registers (8 elements a thread per chunk) and stored to shared memory,
+ *    src1 (converted to f16/bf16) comes by cp.async; double-buffered, ldmatrix fragments.
+ *
+ * GQA: in the matrix-vector kernels, the src1 rows that share one weight matrix (r2 * r3 * ne11
+ * <= 8) are the columns of one launch, so each weight row is read once.
+ *
+ * MUL_MAT_ID: src0 experts [K, N, n_as], src1 [K, ne11, n_tok] (ne11 = n_used or 1), ids i32
+ * [n_used, n_tok]; dst[:, s, t] = expert ids[s, t] times src1 row (s % ne11, t). Up to 8 tokens:
+ * the matrix-vector kernels, one (slot, token) pair per grid row. More: the pairs are grouped by
+ * expert on the device (ggc_moe_group) into tiles of BM pairs, and mmq runs over the tile list,
+ * gathering src1 rows and scattering dst rows.
+ */
+#include "ggc_cuda.cuh"
+#include "ggc_cuda_quants.cuh"
+
+#define GGC_MMV_MAX_COLS 8
+#define GGC_MMVF_MAX_COLS 2
+
+/* ------------------------------------------------------------------ shared parameters */
+
+struct ggc_mm_args {
+    const uint8_t *w; /* src0 */
+    int64_t K, N;     /* ne00, ne01 */
+    int64_t nb01, nb02, nb03;
+    int64_t ne02, ne03, r2, r3;
+    int64_t ne11, ne12, ne13; /* src1 batch shape (MUL_MAT_ID: ne11, n_tok, 1) */
+    uint8_t *dst;
+    int64_t nbd0, nbd1, nbd2, nbd3;
+    const void *act;     /* converted src1 */
+    const void *act_aux; /* q8a metas (mmvq) */
+    int64_t act_stride;  /* elements per converted row */
+    int grouped;         /* matrix-vector: z indexes weight matrices, columns cover r2 * r3 * ne11 rows */
+    /* MUL_MAT_ID */
+    const uint8_t *ids;
+    int64_t ids_nb0, ids_nb1, n_used, n_as;
+    const int *pairs, *offs, *n_tiles;
+    const int2 *tiles;
+    /* mmq split-K */
+    int split;        /* K slices (1: none) */
+    float *partial;   /* [split][partial_rows][N] sums, or null: write dst */
+    int64_t partial_rows;
+};
+
+/* The weight matrix and the src1 rows (converted-row index, dst byte offset) of matrix-vector
+ * grid row z, column c. Returns false when the column does not exist (an invalid expert id, a
+ * column past the end of an expert's tile), or the whole grid row is idle (wmat stays null). */
+static __device__ __forceinline__ bool ggc_mmv_column(const ggc_mm_args &a, int64_t z, int c, const uint8_t *&wmat,
+                                                      int64_t &arow, int64_t &doff) {
+    if (a.tiles) { /* MUL_MAT_ID grouped by expert: up to NC (slot, token) pairs of one expert per z */
+        if (z >= *a.n_tiles) return false;
+        const int2 tl = a.tiles[z];
+        const int e = tl.x, beg = a.offs[e], cnt = a.offs[e + 1] - beg;
+        wmat = a.w + e * a.nb02;
+        if (tl.y + c >= cnt) return false;
+        const int64_t p = a.pairs[beg + tl.y + c], s = p % a.n_used, t = p / a.n_used;
+        arow = s % a.ne11 + a.ne11 * t;
+        doff = s * a.nbd1 + t * a.nbd2;
+        return true;
+    }
+    if (a.ids) { /* one (slot, token) pair per z */
+        const int64_t s = z % a.n_used, t = z / a.n_used;
+        const int e = *(const int32_t *)(a.ids + s * a.ids_nb0 + t * a.ids_nb1);
+        if (e < 0 || e >= a.n_as) return false;
+        wmat = a.w + e * a.nb02;
+        arow = s % a.ne11 + a.ne11 * t;
+        doff = s * a.nbd1 + t * a.nbd2;
+        return true;
+    }
+    int64_t i11, i12, i13;
+    if (a.grouped) {
+        const int64_t i02 = z % a.ne02, i03 = z / a.ne02, j = c / a.ne11;
+        i11 = c % a.ne11;
+        i12 = i02 * a.r2 + j % a.r2;
+        i13 = i03 * a.r3 + j / a.r2;
+    } else {
+        i11 = c;
+        i12 = z % a.ne12;
+        i13 = z / a.ne12;
+    }
+    wmat = a.w + (i12 / a.r2) * a.nb02 + (i13 / a.r3) * a.nb03;
+    arow = i11 + a.ne11 * (i12 + a.ne12 * i13);
+    doff = i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3;
+    return true;
+}
+
+/* ------------------------------------------------------------------ src1 conversion */
+
+/* src1 rows -> q8a: one warp per 32-element block */
+static __global__ void ggc_k_quantize_q8a(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t nblocks,
+                                   int8_t *q, ggc_q8a_meta *meta) {
+    const int lane = threadIdx.x & 31;
+    const int64_t bi = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (bi >= nblocks) return;
+    const int64_t bpr = s.ne[0] / 32, r = bi / bpr, kb = bi % bpr;
+    int64_t i1, i2, i3;
+    ggc_cuda_unravel_row(s, r, i1, i2, i3);
+    const float x = ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * 32 + lane, i1, i2, i3), type);
+    ggc_q8a_quant_warp(x, lane, q + r * s.ne[0] + kb * 32, meta + bi);
+}
+
+/* src1 rows -> contiguous rows of `stride` elements (zero padded) as f32 / f16 / bf16 */
+static __global__ void ggc_k_convert_rows(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t stride, int64_t total,
+                                   void *out, ggc_type otype) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int64_t r = i / stride, k = i % stride;
+    float x = 0.0f;
+    if (k < s.ne[0]) {
+        int64_t i1, i2, i3;
+        ggc_cuda_unravel_row(s, r, i1, i2, i3);
+        x = ggc_load_f(ggc_cuda_ptr((void *)src, s, k, i1, i2, i3), type);
+    }
+    if (otype == GGC_TYPE_F32)
+        ((float *)out)[i] = x;
+    else
+        ((uint16_t *)out)[i] = otype == GGC_TYPE_BF16 ? ggc_f2bf(x) : ggc_f2h(x);
+}
+
+/* ------------------------------------------------------------------ PTX helpers */
+
+static __device__ __forceinline__ uint32_t ggc_smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+static __device__ __forceinline__ void ggc_cp_async16(void *smem, const void *gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(ggc_smem_addr(smem)), "l"(gmem));
+}
+static __device__ __forceinline__ void ggc_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void ggc_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+static __device__ __forceinline__ void ggc_ldmatrix_x4(uint32_t r[4], const void *smem) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(ggc_smem_addr(smem)));
+}
+template <bool BF16>
+static __device__ __forceinline__ void ggc_mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    if constexpr (BF16) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+/* two floats as a half2 / bfloat162 bit pattern, x in the low half */
+template <bool BF16> static __device__ __forceinline__ uint32_t ggc_pack2(float x, float y) {
+    if constexpr (BF16) {
+        return (uint32_t)ggc_f2bf(x) | ((uint32_t)ggc_f2bf(y) << 16);
+    } else {
+        const __half2 h = __floats2half2_rn(x, y);
+        return *(const uint32_t *)&h;
+    }
+}
+
+/* ------------------------------------------------------------------ mmvq: quantized weights, <= 8 columns */
+
+#define GGC_MMVQ_WARPS 4
+#define GGC_MMVQ_STAGES 3
+
+template <ggc_type T> struct ggc_mmvq_geom {
+    static constexpr int SUBS = ggc_cuda_blck(T) / 32;           /* 32-element sub-blocks per block */
+    static constexpr int CH_BLOCKS = 32 / SUBS;                  /* blocks per 1024-element chunk */
+    static constexpr int CH_BYTES = CH_BLOCKS * ggc_cuda_tsize(T);
+    static constexpr int BUF = (CH_BYTES + 31 + 15) / 16 * 16;  /* room for a misaligned start */
+};
+
+/* Stage bytes [gs, ge) of global memory into buf so that buf[j] holds byte (gs & ~15) + j: whole
+ * 16-byte granules by cp.async, the partial first and last granules byte by byte. */
+static __device__ __forceinline__ void ggc_stage_bytes(uint8_t *buf, const uint8_t *gs, const uint8_t *ge, int lane) {
+    const uint8_t *a0 = (const uint8_t *)((uintptr_t)gs & ~(uintptr_t)15);
+    const int ng = (int)((ge - a0 + 15) >> 4);
+    for (int g = lane; g < ng; g += 32) {
+        const uint8_t *p = a0 + 16 * g;
+        if (p >= gs && p + 16 <= ge) {
+            ggc_cp_async16(buf + 16 * g, p);
+        } else {
+            for (int j = 0; j < 16; j++)
+                if (p + j >= gs && p + j < ge) buf[16 * g + j] = p[j];
+        }
+    }
+}
+
+/* rows per warp for nc columns: more rows share each activation load when there are more columns */
+static __host__ __device__ constexpr int ggc_mmv_rows(int nc) { return nc == 1 ? 1 : nc == 2 ? 2 : 4; }
+
+template <ggc_type T, int NC>
+static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_mmvq(const ggc_mm_args a) {
+    using G = ggc_mmvq_geom<T>;
+    constexpr int TS = ggc_cuda_tsize(T), R = ggc_mmv_rows(NC), ST = R >= 4 ? 2 : GGC_MMVQ_STAGES;
+    __shared__ __align__(16) uint8_t smem[GGC_MMVQ_WARPS][ST][R][G::BUF];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int64_t row0 = ((int64_t)blockIdx.x * GGC_MMVQ_WARPS + warp) * R, z = blockIdx.y;
+    if (row0 >= a.N) return;
+    const int nr = (int)min((int64_t)R, a.N - row0); /* rows of this warp */
+
+    const uint8_t *wmat = nullptr;
+    int64_t arow[NC], doff[NC];
+    bool col[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) col[c] = ggc_mmv_column(a, z, c, wmat, arow[c], doff[c]);
+    if (!col[0]) return; /* columns are filled from the first */
+    const uint8_t *wrow = wmat + row0 * a.nb01;
+    const int64_t K = a.K, nsub = K / 32, row_bytes = (K / ggc_cuda_blck(T)) * TS;
+    const int nch = (int)((K + 1023) / 1024);
+    const int8_t *aq = (const int8_t *)a.act;
+    const ggc_q8a_meta *am = (const ggc_q8a_meta *)a.act_aux;
+
+    auto stage = [&](int ch) {
+        if (ch < nch) {
+            for (int r = 0; r < nr; r++) {
+                const uint8_t *w = wrow + r * a.nb01;
+                const uint8_t *gs = w + (int64_t)ch * G::CH_BYTES;
+                const uint8_t *ge = w + min((int64_t)(ch + 1) * G::CH_BYTES, row_bytes);
+                ggc_stage_bytes(smem[warp][ch % ST][r], gs, ge, lane);
+            }
+        }
+        ggc_cp_async_commit();
+    };
+#pragma unroll
+    for (int s = 0; s < ST - 1; s++) stage(s);
+
+    float acc[R][NC];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[r][c] = 0.0f;
+
+    for (int ch = 0; ch < nch; ch++) {
+        ggc_cp_async_wait<ST - 2>();
+        __syncwarp();
+        stage(ch + ST - 1); /* into the buffer read in the previous iteration */
+        const int64_t sb = (int64_t)ch * 32 + lane; /* this lane's sub-block of the rows */
+        if (sb < nsub) {
+            int q[R][8];
+            float2 dm[R][2];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r < nr) {
+                    const uint8_t *gs = wrow + r * a.nb01 + (int64_t)ch * G::CH_BYTES;
+                    const uint8_t *buf = smem[warp][ch % ST][r] + ((uintptr_t)gs & 15);
+                    ggc_q8dec<T>::dec(buf + (lane / G::SUBS) * TS, lane % G::SUBS, q[r], dm[r]);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                if (!col[c]) continue;
+                const int4 *yp = (const int4 *)(aq + arow[c] * K + sb * 32);
+                const int4 y0 = __ldg(yp), y1 = __ldg(yp + 1);
+                const float4 m = __ldg((const float4 *)(am + arow[c] * nsub + sb));
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < nr) {
+                        int s0 = __dp4a(q[r][0], y0.x, 0);
+                        s0 = __dp4a(q[r][1], y0.y, s0);
+                        s0 = __dp4a(q[r][2], y0.z, s0);
+                        s0 = __dp4a(q[r][3], y0.w, s0);
+                        int s1 = __dp4a(q[r][4], y1.x, 0);
+                        s1 = __dp4a(q[r][5], y1.y, s1);
+                        s1 = __dp4a(q[r][6], y1.z, s1);
+                        s1 = __dp4a(q[r][7], y1.w, s1);
+                        acc[r][c] += m.x * (dm[r][0].x * (float)s0 + dm[r][1].x * (float)s1) + dm[r][0].y * m.y +
+                                     dm[r][1].y * m.z;
+                    }
+                }
+            }
+        }
+    }
+    ggc_cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const float v = ggc_warp_sum(acc[r][c]);
+            if (lane == 0 && r < nr && col[c]) *(float *)(a.dst + doff[c] + (row0 + r) * a.nbd0) = v;
+        }
+}
+
+/* ------------------------------------------------------------------ mmvf: f32 / f16 / bf16 weights, <= 8 columns */
+
+#define GGC_MMVF_THREADS 128
+
+/* 8 weights at element k of a row; VEC: 16-byte aligned, whole */
+template <ggc_type T, bool VEC>
+static __device__ __forceinline__ void ggc_load8_float(const uint8_t *row, int64_t k, int64_t K, float v[8]) {
+    if (VEC && k + 8 <= K) {
+        if constexpr (T == GGC_TYPE_F32) {
+            const float4 p = __ldg((const float4 *)(row + 4 * k)), q = __ldg((const float4 *)(row + 4 * k) + 1);
+            v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w, v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
+        } else {
+            const uint4 p = __ldg((const uint4 *)(row + 2 * k));
+            const uint32_t u[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if constexpr (T == GGC_TYPE_BF16) {
+                    v[2 * j] = __uint_as_float(u[j] << 16);
+                    v[2 * j + 1] = __uint_as_float(u[j] & 0xFFFF0000u);
+                } else {
+                    v[2 * j] = ggc_h2f((uint16_t)u[j]);
+                    v[2 * j + 1] = ggc_h2f((uint16_t)(u[j] >> 16));
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            v[j] = k + j < K ? ggc_load_f(row + (k + j) * ggc_cuda_tsize(T), T) : 0.0f;
+    }
+}
+
+/* LPR lanes per group of R = ggc_mmv_rows(NC) weight rows (32 / LPR groups per warp). vec: the
+ * weight rows are 16-byte aligned (a uniform branch; 16-byte loads then). */
+template <ggc_type T, int NC, int LPR>
+static __global__ void __launch_bounds__(GGC_MMVF_THREADS) ggc_k_mmvf(const ggc_mm_args a, const bool vec) {
+    constexpr int R = ggc_mmv_rows(NC);
+    const int lane = threadIdx.x & 31, sub = lane % LPR;
+    const int64_t row0 = ((int64_t)blockIdx.x * GGC_MMVF_THREADS + threadIdx.x) / LPR * R, z = blockIdx.y;
+    const uint8_t *wmat = nullptr;
+    int64_t arow[NC], doff[NC];
+    bool col[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) col[c] = ggc_mmv_column(a, z, c, wmat, arow[c], doff[c]);
+    const bool ok = row0 < a.N && col[0]; /* columns are filled from the first */
+    const int nr = ok ? (int)min((int64_t)R, a.N - row0) : 0;
+    float acc[R][NC];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[r][c] = 0.0f;
+    if (ok) { /* no early return: the reduction below needs the whole warp */
+        const uint8_t *wrow = wmat + row0 * a.nb01;
+        const float *act = (const float *)a.act;
+        for (int64_t k = 8 * sub; k < a.K; k += 8 * LPR) {
+            float w[R][8];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r < nr) {
+                    if (vec)
+                        ggc_load8_float<T, true>(wrow + r * a.nb01, k, a.K, w[r]);
+                    else
+                        ggc_load8_float<T, false>(wrow + r * a.nb01, k, a.K, w[r]);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                if (!col[c]) continue;
+                const float4 *yp = (const float4 *)(act + arow[c] * a.act_stride + k);
+                const float4 y0 = __ldg(yp), y1 = __ldg(yp + 1);
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    if (r < nr)
+                        acc[r][c] += w[r][0] * y0.x + w[r][1] * y0.y + w[r][2] * y0.z + w[r][3] * y0.w +
+                                     w[r][4] * y1.x + w[r][5] * y1.y + w[r][6] * y1.z + w[r][7] * y1.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            float v = acc[r][c];
+#pragma unroll
+            for (int o = LPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (sub == 0 && r < nr && col[c]) *(float *)(a.dst + doff[c] + (row0 + r) * a.nbd0) = v;
+        }
+}
+
+/* ------------------------------------------------------------------ mmq: tensor cores, > 8 columns */
+
+#define GGC_MMQ_BN 128
+#define GGC_MMQ_BK 32
+#define GGC_MMQ_LDS 40 /* halves per shared row: 32 + 8 padding, conflict-free ldmatrix */
+#define GGC_MMQ_THREADS 256
+#define GGC_MMQ_STAGES 4
+
+/* dynamic shared memory of ggc_k_mmq: S activation tiles and S (f16 / bf16 by cp.async) or 2 weight tiles */
+static constexpr size_t ggc_mmq_smem_bytes(int mt, bool direct) {
+    return ((size_t)GGC_MMQ_STAGES * 32 * mt + (size_t)(direct ? GGC_MMQ_STAGES : 2) * GGC_MMQ_BN) * GGC_MMQ_LDS * 2;
+}
+
+/* VEC: float weights with 16-byte aligned rows and K % 8 == 0; f16 / bf16 weight tiles then come
+ * straight from global memory by cp.async, like the activations. Split-K (a.split > 1): grid.z
+ * is batch + nzb * slice, each slice sums its share of the K tiles into a.partial. */
+template <ggc_type T, int MT, bool VEC>
+static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq(const ggc_mm_args a) {
+    constexpr bool BF = T == GGC_TYPE_BF16;
+    constexpr bool DIRECT = VEC && (T == GGC_TYPE_F16 || T == GGC_TYPE_BF16);
+    constexpr int BM = 32 * MT, BN = GGC_MMQ_BN, BK = GGC_MMQ_BK, LDS = GGC_MMQ_LDS, S = GGC_MMQ_STAGES;
+    extern __shared__ __align__(16) uint16_t ggc_mmq_smem[];
+    uint16_t(*sA)[BM * LDS] = (uint16_t(*)[BM * LDS])ggc_mmq_smem;            /* [S] */
+    uint16_t(*sB)[BN * LDS] = (uint16_t(*)[BN * LDS])(ggc_mmq_smem + S * BM * LDS); /* [S] or [2] */
+    __shared__ int64_t s_arow[BM], s_doff[BM];
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
+    const int wm = warp / 4, wn = warp % 4;
+    const int64_t n0 = (int64_t)blockIdx.x * BN;
+    const int64_t nzb = a.tiles ? 1 : a.ne12 * a.ne13, zb = blockIdx.z % nzb, sk = blockIdx.z / nzb;
+
+    /* the tile's rows: converted src1 row (-1: none) and dst offset; and the weight matrix */
+    const uint8_t *wmat;
+    if (a.tiles) {
+        if ((int)blockIdx.y >= *a.n_tiles) return;
+        const int2 tl = a.tiles[blockIdx.y];
+        const int e = tl.x, m0 = tl.y, beg = a.offs[e], cnt = a.offs[e + 1] - beg;
+        wmat = a.w + e * a.nb02;
+        for (int m = tid; m < BM; m += GGC_MMQ_THREADS) {
+            s_arow[m] = -1;
+            if (m0 + m < cnt) {
+                const int64_t p = a.pairs[beg + m0 + m], s = p % a.n_used, t = p / a.n_used;
+                s_arow[m] = s % a.ne11 + a.ne11 * t;
+                s_doff[m] = s * a.nbd1 + t * a.nbd2;
+            }
+        }
+    } else {
+        const int64_t i12 = zb % a.ne12, i13 = zb / a.ne12, m0 = (int64_t)blockIdx.y * BM;
+        wmat = a.w + (i12 / a.r2) * a.nb02 + (i13 / a.r3) * a.nb03;
+        for (int m = tid; m < BM; m += GGC_MMQ_THREADS) {
+            const int64_t i11 = m0 + m;
+            s_arow[m] = i11 < a.ne11 ? i11 + a.ne11 * zb : -1;
+            s_doff[m] = i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3;
+        }
+    }
+    __syncthreads();
+
+    const int64_t K = a.K, nk_all = (K + BK - 1) / BK;
+    const int64_t kt0 = nk_all * sk / a.split, kt1 = nk_all * (sk + 1) / a.split;
+    const uint16_t *act = (const uint16_t *)a.act;
+
+    auto load_a = [&](int64_t kt, int buf) {
+        for (int v = tid; v < BM * 4; v += GGC_MMQ_THREADS) {
+            const int m = v / 4, kc = v % 4;
+            uint16_t *dst = &sA[buf][m * LDS + kc * 8];
+            const int64_t r = s_arow[m];
+            if (r >= 0)
+                ggc_cp_async16(dst, act + r * a.act_stride + kt * BK + kc * 8);
+            else
+                *(uint4 *)dst = make_uint4(0, 0, 0, 0);
+        }
+    };
+    /* The weight tile: 128 rows x 32, 8 elements a thread twice. Quantized weights in two steps:
+     * load_b only issues the loads (into braw) before the tensor-core work of the current tile,
+     * store_b converts to f16 / bf16 and stores after it, so the loads' latency overlaps the mma.
+     * Out-of-range elements load from a valid address and are zeroed on conversion. */
+    constexpr bool QUANT = ggc_cuda_is_quant(T);
+    using deq = ggc_deq<QUANT ? T : GGC_TYPE_F32>;
+    typename deq::raw braw[2];
+    uint32_t breg[2][4];
+    bool bin[2];
+    auto load_b = [&](int64_t kt, int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int c = tid + GGC_MMQ_THREADS * i, n = c / 4, kc = c % 4;
+            const int64_t k = kt * BK + kc * 8;
+            const bool in = n0 + n < a.N && k < K;
+            if constexpr (QUANT) {
+                bin[i] = in;
+                const int64_t nn = in ? n0 + n : 0, kk = in ? k : 0;
+                deq::fetch(wmat + nn * a.nb01, kk, braw[i]);
+            } else if constexpr (DIRECT) {
+                uint16_t *dst = &sB[buf][n * LDS + kc * 8];
+                if (in)
+                    ggc_cp_async16(dst, wmat + (n0 + n) * a.nb01 + 2 * k);
+                else
+                    *(uint4 *)dst = make_uint4(0, 0, 0, 0);
+            } else {
+                float v[8];
+                if (in) {
+                    ggc_load8_float<T, VEC>(wmat + (n0 + n) * a.nb01, k, K, v);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 8; j++) v[j] = 0.0f;
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) breg[i][j] = ggc_pack2<BF>(v[2 * j], v[2 * j + 1]);
+            }
+        }
+    };
+    auto store_b = [&](int64_t kt, int buf) {
+        if constexpr (!DIRECT) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int c = tid + GGC_MMQ_THREADS * i, n = c / 4, kc = c % 4;
+                if constexpr (QUANT) {
+                    float v[8];
+                    deq::convert(braw[i], bin[i] ? kt * BK + kc * 8 : 0, v);
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        breg[i][j] = bin[i] ? ggc_pack2<BF>(v[2 * j], v[2 * j + 1]) : 0u;
+                }
+                *(uint4 *)&sB[buf][n * LDS + kc * 8] = make_uint4(breg[i][0], breg[i][1], breg[i][2], breg[i][3]);
+            }
+        }
+    };
+
+    float acc[MT][4][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int k = 0; k < 4; k++) acc[i][j][k] = 0.0f;
+
+    /* Pipeline: activation tiles (and f16 / bf16 weight tiles) by cp.async, S - 1 tiles ahead;
+     * quantized weight tiles through registers, one tile ahead (double-buffered in shared). */
+#pragma unroll
+    for (int st = 0; st < S - 1; st++) {
+        if (kt0 + st < kt1) {
+            load_a(kt0 + st, st);
+            if constexpr (DIRECT) load_b(kt0 + st, st);
+        }
+        ggc_cp_async_commit();
+    }
+    if constexpr (!DIRECT) {
+        if (kt0 < kt1) {
+            load_b(kt0, 0);
+            store_b(kt0, 0);
+        }
+    }
+    ggc_cp_async_wait<S - 2>();
+    __syncthreads();
+
+    for (int64_t kt = kt0; kt < kt1; kt++) {
+        const int i = (int)(kt - kt0), cur = i % S, bcur = DIRECT ? cur : (i & 1);
+        const bool more = kt + 1 < kt1;
+        if (kt + S - 1 < kt1) { /* into the stage read in the previous iteration */
+            load_a(kt + S - 1, (i + S - 1) % S);
+            if constexpr (DIRECT) load_b(kt + S - 1, (i + S - 1) % S);
+        }
+        ggc_cp_async_commit();
+        if constexpr (!DIRECT) {
+            if (more) load_b(kt + 1, 0); /* loads only; converted after the mma below */
+        }
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++) {
+            uint32_t af[MT][4], bf[4][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                const int m = wm * 16 * MT + mt * 16 + (lane & 15), k = ks * 16 + (lane >> 4) * 8;
+                ggc_ldmatrix_x4(af[mt], &sA[cur][m * LDS + k]);
+            }
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                const int j = lane >> 3, n = wn * 32 + np * 16 + (j >> 1) * 8 + (lane & 7), k = ks * 16 + (j & 1) * 8;
+                uint32_t r[4];
+                ggc_ldmatrix_x4(r, &sB[bcur][n * LDS + k]);
+                bf[2 * np][0] = r[0], bf[2 * np][1] = r[1], bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) ggc_mma16816<BF>(acc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+        }
+        if constexpr (!DIRECT) {
+            if (more) store_b(kt + 1, bcur ^ 1);
+        }
+        ggc_cp_async_wait<S - 2>();
+        __syncthreads();
+    }
+    ggc_cp_async_wait<0>();
+
+    /* c0, c1: row lane / 4, columns 2 (lane % 4) + 0, 1; c2, c3: 8 rows further */
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int m = wm * 16 * MT + mt * 16 + (lane >> 2) + 8 * h;
+            const int64_t r = s_arow[m];
+            if (r < 0) continue;
+            if (a.partial) { /* split-K: this slice's sums, [slice][converted row][N] */
+                float *prow = a.partial + (sk * a.partial_rows + r) * a.N;
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    const int64_t n = n0 + wn * 32 + nt * 8 + (lane & 3) * 2;
+                    if (n < a.N) prow[n] = acc[mt][nt][2 * h];
+                    if (n + 1 < a.N) prow[n + 1] = acc[mt][nt][2 * h + 1];
+                }
+                continue;
+            }
+            uint8_t *drow = a.dst + s_doff[m];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                const int64_t n = n0 + wn * 32 + nt * 8 + (lane & 3) * 2;
+                if (n < a.N) *(float *)(drow + n * a.nbd0) = acc[mt][nt][2 * h];
+                if (n + 1 < a.N) *(float *)(drow + (n + 1) * a.nbd0) = acc[mt][nt][2 * h + 1];
+            }
+        }
+}
+
+/* split-K: dst(i0, i11, i12, i13) = the sum over slices of partial[slice][i11 + ne11 * (i12 + ne12 * i13)][i0] */
+static __global__ void ggc_k_mmq_reduce(const ggc_mm_args a, int64_t total) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int64_t n = i % a.N, r = i / a.N;
+    float sum = 0.0f;
+    for (int s = 0; s < a.split; s++) sum += a.partial[(s * a.partial_rows + r) * a.N + n];
+    const int64_t i11 = r % a.ne11, i12 = (r / a.ne11) % a.ne12, i13 = r / (a.ne11 * a.ne12);
+    *(float *)(a.dst + i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3 + n * a.nbd0) = sum;
+}
+
+/* ------------------------------------------------------------------ MUL_MAT_ID grouping */
+
+/* One block: count pairs per expert, offsets, pair lists (by expert), and the tile list. */
+static __global__ void ggc_k_moe_group(ggc_mm_args a, int64_t n_tok, int bm, int *counts, int *offs, int *pairs, int2 *tiles,
+                                int *n_tiles) {
+    const int64_t n_pairs = a.n_used * n_tok;
+    for (int64_t e = threadIdx.x; e < a.n_as; e += blockDim.x) counts[e] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        const int e = *(const int32_t *)(a.ids + (p % a.n_used) * a.ids_nb0 + (p / a.n_used) * a.ids_nb1);
+        if (e >= 0 && e < a.n_as) atomicAdd(&counts[e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0, nt = 0;
+        for (int64_t e = 0; e < a.n_as; e++) {
+            offs[e] = off;
+            for (int m = 0; m < counts[e]; m += bm) tiles[nt++] = make_int2((int)e, m);
+            const int c = counts[e];
+            counts[e] = off; /* from here on: the expert's cursor */
+            off += c;
+        }
+        offs[a.n_as] = off;
+        *n_tiles = nt;
+    }
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        const int e = *(const int32_t *)(a.ids + (p % a.n_used) * a.ids_nb0 + (p / a.n_used) * a.ids_nb1);
+        if (e >= 0 && e < a.n_as) pairs[atomicAdd(&counts[e], 1)] = (int)p;
+    }
+}
+
+/* ------------------------------------------------------------------ host side */
+
+namespace {
+
+enum mm_path { PATH_MMVQ, PATH_MMVF, PATH_MMQ };
+
+size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* matrix-vector kernels up to 8 columns of quantized weights (8-bit dot products), 2 of float
+ * weights; tensor cores above */
+mm_path choose_path(const ggc_tensor *w, int64_t cols) {
+    if (ggc_cuda_is_quant(w->type)) return cols <= GGC_MMV_MAX_COLS ? PATH_MMVQ : PATH_MMQ;
+    return cols <= GGC_MMVF_MAX_COLS ? PATH_MMVF : PATH_MMQ;
+}
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+/* bytes of converted src1 for `rows` rows of k elements */
+size_t act_bytes(mm_path p, int64_t rows, int64_t k) {
+    switch (p) {
+    case PATH_MMVQ: return align256(ggc_q8a_size(rows, k));
+    case PATH_MMVF: return align256((size_t)rows * (size_t)round_up(k, 8) * 4);
+    default: return align256((size_t)rows * (size_t)round_up(k, GGC_MMQ_BK) * 2);
+    }
+}
+
+/* src1 (any strides, f32 / f16 / bf16) into the work buffer in the path's format */
+void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work, cudaStream_t st, ggc_mm_args &a) {
+    const ggc_cuda_shape s = ggc_cuda_shape_of(b);
+    const int64_t rows = ggc_cuda_nrows(b), k = b->ne[0];
+    if (p == PATH_MMVQ) {
+        const int64_t nblocks = rows * (k / 32);
+        int8_t *q = (int8_t *)work;
+        ggc_q8a_meta *meta = (ggc_q8a_meta *)((char *)work + (size_t)rows * (size_t)k);
+        ggc_k_quantize_q8a<<<ggc_cuda_grid(nblocks, 8), 256, 0, st>>>((const uint8_t *)b->data, b->type, s, nblocks,
+                                                                       q, meta);
+        a.act = q;
+        a.act_aux = meta;
+        a.act_stride = k;
+        return;
+    }
+    const int64_t stride = p == PATH_MMVF ? round_up(k, 8) : round_up(k, GGC_MMQ_BK);
+    const ggc_type ot = p == PATH_MMVF ? GGC_TYPE_F32 : w->type == GGC_TYPE_BF16 ? GGC_TYPE_BF16 : GGC_TYPE_F16;
+    const int64_t total = rows * stride;
+    ggc_k_convert_rows<<<ggc_cuda_grid(total, 256), 256, 0, st>>>((const uint8_t *)b->data, b->type, s, stride, total,
+                                                                   work, ot);
+    a.act = work;
+    a.act_aux = nullptr;
+    a.act_stride = stride;
+}
+
+bool aligned16(const ggc_tensor *t) {
+    return ((uintptr_t)t->data % 16 == 0) && t->nb[1] % 16 == 0 && t->nb[2] % 16 == 0 && t->nb[3] % 16 == 0;
+}
+
+/* ---- kernel tables */
+typedef void (*mm_kernel)(const ggc_mm_args);
+
+template <ggc_type T> mm_kernel mmvq_kernel(int nc) {
+    static const mm_kernel k[8] = {ggc_k_mmvq<T, 1>, ggc_k_mmvq<T, 2>, ggc_k_mmvq<T, 3>, ggc_k_mmvq<T, 4>,
+                                   ggc_k_mmvq<T, 5>, ggc_k_mmvq<T, 6>, ggc_k_mmvq<T, 7>, ggc_k_mmvq<T, 8>};
+    return k[nc - 1];
+}
+typedef void (*mmvf_kernel_t)(const ggc_mm_args, bool);
+template <ggc_type T, int LPR> mmvf_kernel_t mmvf_kernel2(int nc) {
+    static const mmvf_kernel_t k[8] = {ggc_k_mmvf<T, 1, LPR>, ggc_k_mmvf<T, 2, LPR>, ggc_k_mmvf<T, 3, LPR>,
+                                       ggc_k_mmvf<T, 4, LPR>, ggc_k_mmvf<T, 5, LPR>, ggc_k_mmvf<T, 6, LPR>,
+                                       ggc_k_mmvf<T, 7, LPR>, ggc_k_mmvf<T, 8, LPR>};
+    return k[nc - 1];
+}
+template <ggc_type T> mmvf_kernel_t mmvf_kernel(int nc, int lpr) {
+    return lpr == 8 ? mmvf_kernel2<T, 8>(nc) : lpr == 16 ? mmvf_kernel2<T, 16>(nc) : mmvf_kernel2<T, 32>(nc);
+}
+template <ggc_type T> mm_kernel mmq_kernel(int mt, bool vec) {
+    if constexpr (ggc_cuda_is_quant(T)) {
+        return mt == 1 ? ggc_k_mmq<T, 1, false> : mt == 2 ? ggc_k_mmq<T, 2, false> : ggc_k_mmq<T, 4, false>;
+    } else {
+        if (vec) return mt == 1 ? ggc_k_mmq<T, 1, true> : mt == 2 ? ggc_k_mmq<T, 2, true> : ggc_k_mmq<T, 4, true>;
+        return mt == 1 ? ggc_k_mmq<T, 1, false> : mt == 2 ? ggc_k_mmq<T, 2, false> : ggc_k_mmq<T, 4, false>;
+    }
+}
+
+#define GGC_MM_TYPES(X)                                                                                              \
+    X(GGC_TYPE_Q4_0) X(GGC_TYPE_Q4_1) X(GGC_TYPE_Q5_0) X(GGC_TYPE_Q5_1) X(GGC_TYPE_Q8_0) X(GGC_TYPE_Q2_K)             \
+        X(GGC_TYPE_Q3_K) X(GGC_TYPE_Q4_K) X(GGC_TYPE_Q5_K) X(GGC_TYPE_Q6_K)
+#define GGC_MM_FLOAT_TYPES(X) X(GGC_TYPE_F32) X(GGC_TYPE_F16) X(GGC_TYPE_BF16)
+
+mm_kernel pick_mmvq(ggc_type t, int nc) {
+    switch (t) {
+#define X(T) \
+    case T: return mmvq_kernel<T>(nc);
+        GGC_MM_TYPES(X)
+#undef X
+    default: return nullptr;
+    }
+}
+mmvf_kernel_t pick_mmvf(ggc_type t, int nc, int lpr) {
+    switch (t) {
+#define X(T) \
+    case T: return mmvf_kernel<T>(nc, lpr);
+        GGC_MM_FLOAT_TYPES(X)
+#undef X
+    default: return nullptr;
+    }
+}
+mm_kernel pick_mmq_raw(ggc_type t, int mt, bool vec) {
+    switch (t) {
+#define X(T) \
+    case T: return mmq_kernel<T>(mt, vec);
+        GGC_MM_TYPES(X)
+        GGC_MM_FLOAT_TYPES(X)
+#undef X
+    default: return nullptr;
+    }
+}
+
+/* launch ggc_k_mmq for weight type t (with its shared memory above 48 KB opted into) */
+void launch_mmq(ggc_type t, int mt, bool vec, dim3 grid, const ggc_mm_args &a, cudaStream_t st) {
+    const mm_kernel k = pick_mmq_raw(t, mt, vec);
+    if (!k) return;
+    const bool direct = vec && (t == GGC_TYPE_F16 || t == GGC_TYPE_BF16);
+    const size_t smem = ggc_mmq_smem_bytes(mt, direct);
+    /* per device and cheap: set on every launch rather than cached */
+    GGC_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    k<<<grid, GGC_MMQ_THREADS, smem, st>>>(a);
+}
+
+ggc_mm_args base_args(const ggc_node *n) {
+    const ggc_tensor *w = &n->src[0], *b = &n->src[1], *d = &n->dst;
+    ggc_mm_args a = {};
+    a.w = (const uint8_t *)w->data;
+    a.K = w->ne[0];
+    a.N = w->ne[1];
+    a.nb01 = (int64_t)w->nb[1];
+    a.nb02 = (int64_t)w->nb[2];
+    a.nb03 = (int64_t)w->nb[3];
+    a.ne02 = w->ne[2];
+    a.ne03 = w->ne[3];
+    a.ne11 = b->ne[1];
+    a.ne12 = b->ne[2];
+    a.ne13 = b->ne[3];
+    a.r2 = a.ne02 > 0 ? b->ne[2] / a.ne02 : 1;
+    a.r3 = a.ne03 > 0 ? b->ne[3] / a.ne03 : 1;
+    a.dst = (uint8_t *)d->data;
+    a.nbd0 = (int64_t)d->nb[0];
+    a.nbd1 = (int64_t)d->nb[1];
+    a.nbd2 = (int64_t)d->nb[2];
+    a.nbd3 = (int64_t)d->nb[3];
+    return a;
+}
+
+int mmq_mt(int64_t rows_per_tile_hint) { return rows_per_tile_hint >= 128 ? 4 : rows_per_tile_hint >= 64 ? 2 : 1; }
+
+/* matrix-vector launch: grid rows = weight rows, grid.y = z */
+void launch_mmv(mm_path p, const ggc_tensor *w, const ggc_mm_args &a, int nc, int64_t nz, cudaStream_t st) {
+    if (p == PATH_MMVQ) {
+        const dim3 grid(ggc_cuda_grid(a.N, GGC_MMVQ_WARPS * ggc_mmv_rows(nc)), (unsigned)nz);
+        pick_mmvq(w->type, nc)<<<grid, GGC_MMVQ_WARPS * 32, 0, st>>>(a);
+    } else {
+        const int lpr = a.K <= 64 ? 8 : a.K <= 128 ? 16 : 32;
+        const bool vec = aligned16(w);
+        const int64_t groups = ggc_cdiv(a.N, ggc_mmv_rows(nc));
+        const dim3 grid(ggc_cuda_grid(groups * lpr, GGC_MMVF_THREADS), (unsigned)nz);
+        pick_mmvf(w->type, nc, lpr)<<<grid, GGC_MMVF_THREADS, 0, st>>>(a, vec);
+    }
+}
+
+}  // namespace
+
+/* ------------------------------------------------------------------ MUL_MAT */
+
+namespace {
+
+#define GGC_MMQ_TARGET_CTAS 264 /* two per multiprocessor of an H100; split-K below that */
+
+struct mmq_plan {
+    int mt, split;
+    dim3 grid;
+    size_t partial_bytes;
+};
+mmq_plan plan_mmq(const ggc_node *n) {
+    const ggc_tensor *w = &n->src[0], *b = &n->src[1];
+    mmq_plan p;
+    p.mt = mmq_mt(b->ne[1]);
+    const int64_t gx = ggc_cdiv(w->ne[1], GGC_MMQ_BN), gy = ggc_cdiv(b->ne[1], 32 * p.mt), gz = b->ne[2] * b->ne[3];
+    const int64_t nk = ggc_cdiv(w->ne[0], GGC_MMQ_BK), ctas = gx * gy * gz;
+    p.split = 1;
+    while (p.split < 8 && ctas * p.split < GGC_MMQ_TARGET_CTAS && nk / (2 * p.split) >= 8) p.split *= 2;
+    p.grid = dim3((unsigned)gx, (unsigned)gy, (unsigned)(gz * p.split));
+    p.partial_bytes = p.split > 1 ? align256((size_t)p.split * (size_t)ggc_cuda_nrows(b) * (size_t)w->ne[1] * 4) : 0;
+    return p;
+}
+
+bool mmq_vec(const ggc_tensor *w) { return !ggc_cuda_is_quant(w->type) && aligned16(w) && w->ne[0] % 8 == 0; }
+
+}  // namespace
+
+extern "C" size_t ggc_cuda_work_mul_mat(const ggc_node *n) {
+    const ggc_tensor *w = &n->src[0], *b = &n->src[1];
+    const mm_path p = choose_path(w, b->ne[1]);
+    const size_t act = act_bytes(p, ggc_cuda_nrows(b), b->ne[0]);
+    return p == PATH_MMQ ? act + plan_mmq(n).partial_bytes : act;
+}
+
+extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) {
+    const ggc_tensor *w = &n->src[0], *b = &n->src[1];
+    if (ggc_cuda_nelements(&n->dst) == 0) return;
+    const mm_path p = choose_path(w, b->ne[1]);
+    ggc_mm_args a = base_args(n);
+    a.split = 1;
+    convert_act(p, b, w, ctx->work, ctx->stream, a);
+    if (p == PATH_MMQ) {
+        const mmq_plan pl = plan_mmq(n);
+        a.split = pl.split;
+        if (pl.split > 1) {
+            a.partial = (float *)((char *)ctx->work + act_bytes(p, ggc_cuda_nrows(b), b->ne[0]));
+            a.partial_rows = ggc_cuda_nrows(b);
+        }
+        launch_mmq(w->type, pl.mt, mmq_vec(w), pl.grid, a, ctx->stream);
+        if (pl.split > 1) {
+            const int64_t total = a.partial_rows * a.N;
+            ggc_k_mmq_reduce<<<ggc_cuda_grid(total, 256), 256, 0, ctx->stream>>>(a, total);
+        }
+        return;
+    }
+    const int64_t shared_cols = a.ne11 * a.r2 * a.r3;
+    if ((a.r2 > 1 || a.r3 > 1) && shared_cols <= GGC_MMV_MAX_COLS) {
+        a.grouped = 1;
+        launch_mmv(p, w, a, (int)shared_cols, a.ne02 * a.ne03, ctx->stream);
+    } else {
+        launch_mmv(p, w, a, (int)a.ne11, a.ne12 * a.ne13, ctx->stream);
+    }
+}
+
+/* ------------------------------------------------------------------ MUL_MAT_ID */
+
+namespace {
+/* how MUL_MAT_ID runs: per (slot, token) pair (up to 8 tokens), grouped by expert in tiles of up
+ * to 8 pairs through the matrix-vector kernels (sparse: at most 8 pairs per expert on average),
+ * or grouped into tensor-core tiles */
+enum id_mode { ID_PAIRS, ID_GROUPED_MMV, ID_GROUPED_MMQ };
+id_mode choose_id(const ggc_node *n) {
+    const int64_t n_as = n->src[0].ne[2], n_tok = n->src[2].ne[1], n_pairs = n->src[2].ne[0] * n_tok;
+    if (n_tok <= GGC_MMV_MAX_COLS) return ID_PAIRS;
+    return n_pairs <= GGC_MMV_MAX_COLS * n_as ? ID_GROUPED_MMV : ID_GROUPED_MMQ;
+}
+struct id_layout {
+    id_mode mode;
+    mm_path path;
+    int bm; /* pairs per tile */
+    size_t counts, offs, pairs, tiles, n_tiles, total;
+    int64_t max_tiles;
+};
+id_layout id_work(const ggc_node *n) {
+    const ggc_tensor *w = &n->src[0], *b = &n->src[1], *ids = &n->src[2];
+    const int64_t n_as = w->ne[2], n_pairs = ids->ne[0] * ids->ne[1];
+    id_layout l = {};
+    l.mode = choose_id(n);
+    l.path = l.mode == ID_GROUPED_MMQ ? PATH_MMQ : choose_path(w, 1);
+    l.bm = l.mode == ID_GROUPED_MMQ ? 32 * mmq_mt(n_pairs / (n_as > 0 ? n_as : 1)) : GGC_MMV_MAX_COLS;
+    size_t o = act_bytes(l.path, ggc_cuda_nrows(b), b->ne[0]);
+    if (l.mode != ID_PAIRS) {
+        l.max_tiles = n_pairs / l.bm + (n_as < n_pairs ? n_as : n_pairs);
+        l.counts = o;
+        o += align256((size_t)n_as * 4);
+        l.offs = o;
+        o += align256((size_t)(n_as + 1) * 4);
+        l.pairs = o;
+        o += align256((size_t)n_pairs * 4);
+        l.tiles = o;
+        o += align256((size_t)(l.max_tiles + 1) * 8);
+        l.n_tiles = o;
+        o += 256;
+    }
+    l.total = o;
+    return l;
+}
+}  // namespace
+
+extern "C" size_t ggc_cuda_work_mul_mat_id(const ggc_node *n) { return id_work(n).total; }
+
+extern "C" void ggc_cuda_op_mul_mat_id(const ggc_node *n, const ggc_cuda_ctx *ctx) {
+    const ggc_tensor *w = &n->src[0], *b = &n->src[1], *ids = &n->src[2];
+    if (ggc_cuda_nelements(&n->dst) == 0) return;
+    const int64_t n_as = w->ne[2], n_used = ids->ne[0], n_tok = ids->ne[1], n_pairs = n_used * n_tok;
+    ggc_mm_args a = base_args(n);
+    a.ids = (const uint8_t *)ids->data;
+    a.ids_nb0 = (int64_t)ids->nb[0];
+    a.ids_nb1 = (int64_t)ids->nb[1];
+    a.n_used = n_used;
+    a.n_as = n_as;
+    a.r2 = a.r3 = 1;
+    a.split = 1;
+    char *work = (char *)ctx->work;
+    const id_layout l = id_work(n);
+    convert_act(l.path, b, w, work, ctx->stream, a);
+    if (l.mode == ID_PAIRS) {
+        launch_mmv(l.path, w, a, 1, n_pairs, ctx->stream);
+        return;
+    }
+    int *counts = (int *)(work + l.counts), *offs = (int *)(work + l.offs), *pairs = (int *)(work + l.pairs);
+    int2 *tiles = (int2 *)(work + l.tiles);
+    int *n_tiles = (int *)(work + l.n_tiles);
+    ggc_k_moe_group<<<1, 1024, 0, ctx->stream>>>(a, n_tok, l.bm, counts, offs, pairs, tiles, n_tiles);
+    a.pairs = pairs;
+    a.offs = offs;
+    a.tiles = tiles;
+    a.n_tiles = n_tiles;
+    const unsigned nt = (unsigned)(l.max_tiles < 1 ? 1 : l.max_tiles);
+    if (l.mode == ID_GROUPED_MMV) {
+        launch_mmv(l.path, w, a, GGC_MMV_MAX_COLS, nt, ctx->stream);
+        return;
+    }
+    const dim3 grid(ggc_cuda_grid(a.N, GGC_MMQ_BN), nt, 1);
+    launch_mmq(w->type, l.bm / 32, mmq_vec(w), grid, a, ctx->stream);
+}
