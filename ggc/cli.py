@@ -129,10 +129,13 @@ def cmd_compile(a: argparse.Namespace) -> int:
 
     graph = ggraph.load(a.file)
     out = Path(a.output)
+    if a.target == "cuda":
+        from .backends.cuda.emit import compile_cuda as compile_c  # noqa: F811 - same signature
     compiled = compile_c(graph, out, debug=a.debug, fuse=not a.no_fuse, source=Path(a.file).name)
     p = compiled.plan
     print(f"wrote {out}/: {len(p.groups)} kernel groups, arena {p.size} bytes "
-          f"(scratch {p.region_size['scratch']}); build with: make -C {out}")
+          f"(scratch {p.region_size['scratch']}); build with: make -C {out}"
+          + (" (nvcc; ARCH=90 for one architecture)" if a.target == "cuda" else ""))
     if a.build:
         from .runtime.cprogram import build
 
@@ -288,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a .ggraph into a standalone program")
     p.add_argument("file")
-    p.add_argument("--target", choices=("c",), default="c")
+    p.add_argument("--target", choices=("c", "cuda"), default="c")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--debug", action="store_true", help="keep every intermediate (no memory reuse)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per node")
