@@ -105,6 +105,27 @@ def _fill(ct: CTensor, t: Tensor, buf: C.Array | None) -> None:
         ct.nb[i] = t.nb[i]
 
 
+def host_node(t: Tensor, src_data: list[bytes | None],
+              dst_init: bytes | None = None) -> tuple[CNode, C.Array, dict[int, C.Array]]:
+    """A ggc_node over host buffers: the sources' bytes and what the destination held before.
+    Returns the node, the destination buffer and the source buffers by slot (keep them alive)."""
+    node = CNode()
+    bufs: dict[int, C.Array] = {}
+    for j, s in enumerate(t.src):
+        if s is None:
+            continue
+        data = src_data[j]
+        if data is None or len(data) < s.nbytes:
+            raise GgcError(f"{t.label()}: source {j} needs {s.nbytes} bytes")
+        bufs[j] = C.create_string_buffer(data, len(data))
+        _fill(node.src[j], s, bufs[j])
+    dst = C.create_string_buffer(dst_init if dst_init is not None else b"\xa5" * t.nbytes, t.nbytes)
+    _fill(node.dst, t, dst)
+    for i, w in enumerate(op_param_words(t)):
+        node.op_params[i] = prm.i32_from_word(w)
+    return node, dst, bufs
+
+
 def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
              lib: C.CDLL | None = None, n_threads: int = 1) -> bytes:
     """Run the kernel for node t on these source bytes (each the span of its source from its first
@@ -113,21 +134,7 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
     fn = getattr(lib, kernel_name(t), None)
     if fn is None:
         raise GgcError(f"{t.label()}: the C backend has no kernel {kernel_name(t)}")
-    node = CNode()
-    keep = []
-    for j, s in enumerate(t.src):
-        if s is None:
-            continue
-        data = src_data[j]
-        if data is None or len(data) < s.nbytes:
-            raise GgcError(f"{t.label()}: source {j} needs {s.nbytes} bytes")
-        buf = C.create_string_buffer(data, len(data))
-        keep.append(buf)
-        _fill(node.src[j], s, buf)
-    dst = C.create_string_buffer(dst_init if dst_init is not None else b"\xa5" * t.nbytes, t.nbytes)
-    _fill(node.dst, t, dst)
-    for i, w in enumerate(op_param_words(t)):
-        node.op_params[i] = prm.i32_from_word(w)
+    node, dst, _bufs = host_node(t, src_data, dst_init)
     work_fn = getattr(lib, "ggc_work_" + t.op.lower(), None)
     size = 0
     if work_fn is not None:

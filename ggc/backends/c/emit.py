@@ -277,6 +277,36 @@ scratch {scratch}. The C API is in `ggc_model.h`. Inputs and outputs are raw ten
 FUSABLE = frozenset(FUSED_EXPR)
 
 
+def plan_program(graph: Graph | list[Graph], debug: bool, fuse: bool,
+                 graph_names: list[str] | None) -> tuple[list[Graph], list[str], list[Plan]]:
+    """The graphs of one program, their names, and their plans on one shared arena."""
+    graphs = graph if isinstance(graph, list) else [graph]
+    names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
+    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else frozenset())
+    for p in plans:
+        check(p)
+    return graphs, names, plans
+
+
+def write_program_dir(out: Path, copies: list[tuple[Path, str]], texts: dict[str, str]) -> None:
+    """Fill a program directory atomically: a failure leaves no half-written directory.
+    copies: (source file, path inside the directory); texts: path inside -> contents."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "kernels").mkdir(parents=True)
+        for src, rel in copies:
+            shutil.copy(src, tmp / rel)
+        for rel, text in texts.items():
+            (tmp / rel).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def compile_c(graph: Graph | list[Graph], out: str | Path, *, name: str = "model", debug: bool = False,
               fuse: bool = True, source: str = "", graph_names: list[str] | None = None,
               reuse_existing: bool = False) -> CompiledC:
@@ -284,38 +314,20 @@ def compile_c(graph: Graph | list[Graph], out: str | Path, *, name: str = "model
     graphs (say prefill and decode) become one program on one arena, sharing weights and state.
     reuse_existing: the directory holds this very program already (a cache hit): plan, write nothing."""
     out = Path(out)
-    graphs = graph if isinstance(graph, list) else [graph]
-    names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
-    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else frozenset())
-    for p in plans:
-        check(p)
+    graphs, names, plans = plan_program(graph, debug, fuse, graph_names)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))
     program, _ = emit_program(plans, names, source)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        (tmp / "kernels").mkdir(parents=True)
-        for f in KERNEL_DIR.iterdir():
-            if f.suffix in (".c", ".h"):
-                shutil.copy(f, tmp / "kernels" / f.name)
-        for f in RUNTIME_FILES:
-            shutil.copy(RUNTIME_DIR / f, tmp / f)
-        (tmp / "program.c").write_text(program)
-        (tmp / "Makefile").write_text(MAKEFILE.format(name=name))
-        p = plans[0]
-        rs = p.region_size
-        (tmp / "README.md").write_text(README.format(
-            name=name, version=__version__, source=source, n_nodes=sum(len(g.nodes) for g in graphs),
-            n_groups=sum(len(q.groups) for q in plans), arena=p.size, weights=rs["weights"],
-            state=rs["state"], io=max(q.region_size["io"] for q in plans),
-            scratch=max(q.region_size["scratch"] for q in plans), graphs=", ".join(names)))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    p = plans[0]
+    rs = p.region_size
+    readme = README.format(
+        name=name, version=__version__, source=source, n_nodes=sum(len(g.nodes) for g in graphs),
+        n_groups=sum(len(q.groups) for q in plans), arena=p.size, weights=rs["weights"], state=rs["state"],
+        io=max(q.region_size["io"] for q in plans), scratch=max(q.region_size["scratch"] for q in plans),
+        graphs=", ".join(names))
+    copies = [(f, f"kernels/{f.name}") for f in sorted(KERNEL_DIR.iterdir()) if f.suffix in (".c", ".h")]
+    copies += [(RUNTIME_DIR / f, f) for f in RUNTIME_FILES]
+    write_program_dir(out, copies, {"program.c": program, "Makefile": MAKEFILE.format(name=name),
+                                    "README.md": readme})
     return CompiledC(out, plans, names)

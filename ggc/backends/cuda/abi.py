@@ -21,9 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ...errors import GgcError
-from ...ir import params as prm
 from ...ir.graph import Tensor
-from ..c.abi import C_TYPES, MAX_SRC, CNode, op_param_words
+from ..c.abi import C_TYPES, MAX_SRC, CNode, host_node
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
@@ -148,14 +147,6 @@ def device_name() -> str:
     return buf.value.decode()
 
 
-def _fill(ct, t: Tensor, buf) -> None:
-    ct.data = C.cast(buf, C.c_void_p) if buf is not None else None
-    ct.type = C_TYPES.index(t.type.name)
-    for i in range(4):
-        ct.ne[i] = t.ne[i]
-        ct.nb[i] = t.nb[i]
-
-
 def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
              lib: C.CDLL | None = None) -> bytes:
     """Run the CUDA kernel for node t on these source bytes (each the span of its source from its
@@ -167,23 +158,8 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
     if fn is None:
         raise GgcError(f"{t.label()}: the CUDA backend has no kernel {name}")
     work = getattr(lib, work_name(t), None)
-    node = CNode()
-    keep = []
-    sizes = (C.c_size_t * MAX_SRC)()
-    for j, s in enumerate(t.src):
-        if s is None:
-            continue
-        data = src_data[j]
-        if data is None or len(data) < s.nbytes:
-            raise GgcError(f"{t.label()}: source {j} needs {s.nbytes} bytes")
-        buf = C.create_string_buffer(data, len(data))
-        keep.append(buf)
-        _fill(node.src[j], s, buf)
-        sizes[j] = len(data)
-    dst = C.create_string_buffer(dst_init if dst_init is not None else b"\xa5" * t.nbytes, t.nbytes)
-    _fill(node.dst, t, dst)
-    for i, w in enumerate(op_param_words(t)):
-        node.op_params[i] = prm.i32_from_word(w)
+    node, dst, bufs = host_node(t, src_data, dst_init)
+    sizes = (C.c_size_t * MAX_SRC)(*[len(bufs[j]) if j in bufs else 0 for j in range(MAX_SRC)])
     err = C.create_string_buffer(512)
     fn_ptr = C.cast(fn, C.c_void_p)
     work_ptr = C.cast(work, C.c_void_p) if work is not None else None

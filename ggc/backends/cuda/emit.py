@@ -9,18 +9,26 @@ Fused elementwise groups become generated kernels.
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 from ... import __version__
-from ...compiler.arena import Plan, check, plan_shared
+from ...compiler.arena import Plan
 from ...compiler.passes import Group
 from ...errors import GgcError
 from ...ir.graph import Graph
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
-from ..c.emit import FUSABLE, FUSED_EXPR, RUNTIME_DIR, CompiledC, KernelABI, _f, _index_expr, emit_program
+from ..c.emit import (
+    FUSED_EXPR,
+    RUNTIME_DIR,
+    CompiledC,
+    KernelABI,
+    _f,
+    _index_expr,
+    emit_program,
+    plan_program,
+    write_program_dir,
+)
 
 CUDA_KERNEL_DIR = Path(__file__).parent / "kernels"
 CUDA_RUNTIME_DIR = Path(__file__).parent / "runtime"
@@ -122,37 +130,21 @@ replayed. The C API is in `ggc_model.h`; tensors live on the GPU (ggc_model_writ
 def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "model", debug: bool = False,
                  fuse: bool = True, source: str = "", graph_names: list[str] | None = None,
                  archs: tuple[str, ...] = DEFAULT_ARCHS, reuse_existing: bool = False) -> CompiledC:
+    """compile_c's twin for CUDA: the same plan and tables, CUDA kernels and runtime."""
     out = Path(out)
-    graphs = graph if isinstance(graph, list) else [graph]
-    names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
-    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else frozenset())
-    for p in plans:
-        check(p)
+    graphs, names, plans = plan_program(graph, debug, fuse, graph_names)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))
     program, _ = emit_program(plans, names, source, abi=CUDA_ABI, header="ggc_cuda.cuh")
     program = program.replace('#include "ggc_cuda.cuh"', '#include "ggc_cuda.cuh"\n#include "ggc_program.h"')
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "kernels").mkdir(parents=True)
-        for f in list(C_KERNEL_DIR.glob("ggc.h")) + [C_KERNEL_DIR / "ggc_core.c"]:
-            shutil.copy(f, tmp / "kernels" / f.name)
-        for f in CUDA_KERNEL_DIR.iterdir():
-            if f.suffix in (".cu", ".cuh") and "harness" not in f.name:
-                shutil.copy(f, tmp / "kernels" / f.name)
-        for f in C_RUNTIME_FILES:
-            shutil.copy(RUNTIME_DIR / f, tmp / f)
-        shutil.copy(CUDA_RUNTIME_DIR / "ggc_model_cuda.cu", tmp / "ggc_model_cuda.cu")
-        (tmp / "program.cu").write_text(program)
-        (tmp / "Makefile").write_text(MAKEFILE.format(name=name, archs=" ".join(archs)))
-        (tmp / "README.md").write_text(README.format(name=name, version=__version__, source=source,
-                                                     graphs=", ".join(names), arena=plans[0].size))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    copies = [(C_KERNEL_DIR / f, f"kernels/{f}") for f in ("ggc.h", "ggc_core.c")]
+    copies += [(f, f"kernels/{f.name}") for f in sorted(CUDA_KERNEL_DIR.iterdir())
+               if f.suffix in (".cu", ".cuh") and "harness" not in f.name]
+    copies += [(RUNTIME_DIR / f, f) for f in C_RUNTIME_FILES]
+    copies.append((CUDA_RUNTIME_DIR / "ggc_model_cuda.cu", "ggc_model_cuda.cu"))
+    readme = README.format(name=name, version=__version__, source=source, graphs=", ".join(names),
+                           arena=plans[0].size)
+    makefile = MAKEFILE.format(name=name, archs=" ".join(archs))
+    write_program_dir(out, copies, {"program.cu": program, "Makefile": makefile, "README.md": readme})
     return CompiledC(out, plans, names)
