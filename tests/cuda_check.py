@@ -26,6 +26,8 @@ def gpu_status() -> tuple[bool, str]:
     if _GPU is None:
         if cuda.find_nvcc() is None:
             _GPU = (False, "nvcc not found (install the CUDA toolkit or set NVCC)")
+        elif not cuda.driver_devices():  # before building the kernel library, which takes minutes
+            _GPU = (False, "the CUDA driver sees no GPU")
         else:
             try:
                 lib = cuda.load_library()

@@ -33,6 +33,34 @@ def test_64_greedy_tokens_equal_llama_cpp(arch: str, quant: str, tmp_path: Path)
     assert "generation" in r.stdout and "tok/s, target c" in r.stdout
 
 
+def _no_cuda() -> str:
+    from ggc.backends.cuda.abi import driver_devices, find_nvcc
+
+    return "" if find_nvcc() and driver_devices() else "needs nvcc and a CUDA GPU (runs on the GPU machine)"
+
+
+@pytest.mark.skipif(bool(_no_cuda()), reason=_no_cuda() or "-")
+@pytest.mark.parametrize("arch,quant", CASES)
+def test_64_greedy_tokens_equal_llama_cpp_on_cuda(arch: str, quant: str, tmp_path: Path) -> None:
+    # --ctx 512: attention reads 256 cells at run time (the n_kv the runtime rounds up to), not 512
+    r = run_ggc("run", str(tiny_model(arch, quant)), "-p", PROMPT, "-n", "64", "--ctx", "512", "--batch", "16",
+                "--check", "--target", "cuda", cwd=tmp_path)
+    print(r.stdout[-600:], r.stderr[-300:])
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+    assert "check: all" in r.stdout and "generated tokens equal" in r.stdout, r.stdout
+    assert "tok/s, target cuda" in r.stdout
+
+
+def test_cuda_without_a_gpu_falls_back_to_c(tmp_path: Path) -> None:
+    if not _no_cuda():
+        pytest.skip("a GPU is present: nothing to fall back from")
+    r = run_ggc("run", str(tiny_model("llama", "q8_0")), "-p", "Hello", "-n", "2", "--ctx", "256", "--batch", "8",
+                "--target", "cuda", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "using the C target" in r.stderr and "target c" in r.stdout
+    assert len([ln for ln in r.stderr.splitlines() if "using the C target" in ln]) == 1
+
+
 def test_second_start_reuses_the_compiled_program(tmp_path: Path) -> None:
     model = tiny_model("qwen2", "q4_0")
     args = ("run", str(model), "-p", "Hello there", "-n", "4", "--ctx", "256", "--batch", "8")

@@ -43,9 +43,11 @@ def _compiler_fingerprint() -> str:
 
     h = hashlib.sha256(__version__.encode())
     pkg = Path(__file__).parents[1]
-    for d in (KERNEL_DIR, RUNTIME_DIR, pkg / "backends" / "c", pkg / "compiler", pkg / "runtime"):
+    cuda = pkg / "backends" / "cuda"
+    for d in (KERNEL_DIR, RUNTIME_DIR, pkg / "backends" / "c", pkg / "compiler", pkg / "runtime",
+              cuda, cuda / "kernels", cuda / "runtime"):
         for p in sorted(d.iterdir()):
-            if p.suffix in (".c", ".h", ".py"):
+            if p.suffix in (".c", ".h", ".py", ".cu", ".cuh"):
                 h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()
 
@@ -109,8 +111,16 @@ class Model:
 
     # ---- set-up
     def _pick_target(self, target: str) -> str:
-        if target == "cuda":
-            self.progress("ggc: the CUDA target is not available yet in this version; using the C target")
+        """cuda where nvcc and a GPU are both there; otherwise C, with a one-line notice."""
+        if target != "cuda":
+            return target
+        from ..backends.cuda.abi import driver_devices, find_nvcc
+
+        if find_nvcc() is None:
+            self.progress("ggc: nvcc not found (install the CUDA toolkit or set NVCC); using the C target")
+            return "c"
+        if not driver_devices():
+            self.progress("ggc: no CUDA GPU found; using the C target")
             return "c"
         return target
 
@@ -132,20 +142,34 @@ class Model:
         from ..formats import ggraph
         from ..runtime.cprogram import CProgram
 
-        h = hashlib.sha256(_compiler_fingerprint().encode())
+        h = hashlib.sha256(_compiler_fingerprint().encode() + self.target.encode())
         for g in self.graphs:
             h.update(ggraph.write(g).encode())
         key = h.hexdigest()[:20]
-        out = cache_root() / "programs" / f"{self.path.stem}-{key}"
+        out = cache_root() / "programs" / f"{self.path.stem}-{self.target}-{key}"
         cached = (out / "libmodel.so").exists()
+        names = ["prefill", "decode"]
         if cached:
             self.progress(f"ggc: using the compiled program in {out}")
+        if self.target == "cuda":
+            from ..backends.cuda.abi import arch, build_library
+            from ..backends.cuda.emit import compile_cuda
+
+            if not cached:
+                self.progress(f"ggc: compiling prefill and decode graphs to CUDA ({arch()})")
+            compiled = compile_cuda(self.graphs, out, source=self.path.name, graph_names=names,
+                                    archs=(arch().removeprefix("sm_"),), reuse_existing=cached)
+            if not cached:
+                self.progress("ggc: building the CUDA kernel library with nvcc (once per ggc version and GPU; "
+                              "minutes the first time)")
+                build_library()
+                self.progress("ggc: building the program with make and nvcc")
         else:
-            self.progress("ggc: compiling prefill and decode graphs to C")
-        compiled = compile_c(self.graphs, out, source=self.path.name, graph_names=["prefill", "decode"],
-                             reuse_existing=cached)
-        if not cached:
-            self.progress("ggc: building with make and the C compiler")
+            if not cached:
+                self.progress("ggc: compiling prefill and decode graphs to C")
+            compiled = compile_c(self.graphs, out, source=self.path.name, graph_names=names, reuse_existing=cached)
+            if not cached:
+                self.progress("ggc: building with make and the C compiler")
         return CProgram(compiled), cached
 
     def close(self) -> None:
@@ -197,6 +221,8 @@ class Model:
         graph, filler = self.graphs[gi], self.fillers[gi]
         for tid, data in filler.values(tokens, self.n_past).items():
             self.program.set(graph.tensors[tid], data, graph=gi)
+        # attention reads only the cells in use (the program rounds n_kv up as llama.cpp pads it)
+        self.program.set_n_kv(self.n_past + len(tokens))
         self.program.run(graph=gi)
         self.n_past += len(tokens)
         out = next(t for t in graph.outputs() if t.name == "result_output")

@@ -105,11 +105,12 @@ _CAPITALIZED = ("The", "Hello", "It", "This", "Once", "In", "He", "She", "We", "
 _CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'\"-:;()"
 
 
-def build_vocab() -> tuple[list[str], list[float], list[int]]:
+def build_vocab(n_vocab: int | None = None) -> tuple[list[str], list[float], list[int]]:
     """An SPM vocab: specials, 256 byte-fallback tokens, single characters, then "▁word" prefix chains.
 
     llama.cpp's SPM tokenizer only merges adjacent symbols whose concatenation is itself a token, so every prefix of
     each "▁word" is a token: that gives each word a merge path from its characters up to the whole word.
+    n_vocab pads the vocab with "▁<number>" pieces to exactly that size (real models' vocab sizes).
     """
     tokens = ["<unk>", "<s>", "</s>"]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
@@ -120,6 +121,12 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
     for word in (*_WORDS, *_CAPITALIZED):
         text = SPM_SPACE + word
         pieces.update(dict.fromkeys(text[:n] for n in range(2, len(text) + 1)))
+    if n_vocab is not None:
+        n_pad = n_vocab - len(tokens) - len(pieces)
+        if n_pad < 0:
+            raise ValueError(f"n_vocab {n_vocab} is below the {len(tokens) + len(pieces)} base tokens")
+        # Words are letters only, so "▁<digits>" never collides with them.
+        pieces.update(dict.fromkeys(f"{SPM_SPACE}{i}" for i in range(n_pad)))
     tokens += list(pieces)
     types += [gguf.TokenType.NORMAL] * len(pieces)
 

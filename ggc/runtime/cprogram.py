@@ -113,5 +113,19 @@ class CProgram:
     def run(self, graph: int = 0) -> None:
         self._check(self.lib.ggc_model_run_graph(self.m, graph))
 
+    def last_run_ms(self) -> float:
+        """Device time of the last run(), in ms (CUDA events on the CUDA target)."""
+        fn = self.lib.ggc_model_last_run_ms
+        fn.restype, fn.argtypes = C.c_double, [C.c_void_p]
+        return float(fn(self.m))
+
+    def profile(self, graph: int = 0) -> list[float]:
+        """Run a graph's kernel groups one by one; the time each took, in ms."""
+        n = len(self.plans[graph].groups)
+        ms = (C.c_float * max(n, 1))()
+        self.lib.ggc_model_profile_graph.argtypes = [C.c_void_p, C.c_int, C.POINTER(C.c_float)]
+        self._check(self.lib.ggc_model_profile_graph(self.m, graph, ms))
+        return list(ms[:n])
+
     def run_group(self, g: int, graph: int = 0) -> None:
         self._check(self.lib.ggc_model_run_group(self.m, graph, g))

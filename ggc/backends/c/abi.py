@@ -49,7 +49,7 @@ class CNode(C.Structure):
 
 
 class CWork(C.Structure):
-    _fields_ = [("data", C.c_void_p), ("size", C.c_size_t), ("n_threads", C.c_int)]
+    _fields_ = [("data", C.c_void_p), ("size", C.c_size_t), ("n_threads", C.c_int), ("n_kv", C.c_int64)]
 
 
 def op_param_words(t: Tensor) -> list[int]:
@@ -127,9 +127,10 @@ def host_node(t: Tensor, src_data: list[bytes | None],
 
 
 def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
-             lib: C.CDLL | None = None, n_threads: int = 1) -> bytes:
+             lib: C.CDLL | None = None, n_threads: int = 1, n_kv: int = 0) -> bytes:
     """Run the kernel for node t on these source bytes (each the span of its source from its first
-    element); dst_init is what the destination memory held before (it matters for writes into views)."""
+    element); dst_init is what the destination memory held before (it matters for writes into views).
+    n_kv: the KV cells attention reads (work->n_kv, as given: no rounding); 0 = all."""
     lib = lib or load_library()
     fn = getattr(lib, kernel_name(t), None)
     if fn is None:
@@ -141,7 +142,7 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
         work_fn.restype = C.c_size_t
         size = work_fn(C.byref(node))
     work_buf = C.create_string_buffer(max(size * n_threads, 1))
-    work = CWork(C.cast(work_buf, C.c_void_p), size * n_threads, n_threads)
+    work = CWork(C.cast(work_buf, C.c_void_p), size * n_threads, n_threads, n_kv)
     fn.restype = None
     fn(C.byref(node), C.byref(work))
     return dst.raw

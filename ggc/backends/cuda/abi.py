@@ -7,12 +7,13 @@ ggc_cuda_ctx *)`` on device pointers; the harness (kernels/ggc_cuda_harness.cu) 
 host bytes to the device, runs the kernel and copies the destination back, so kernels can be
 checked against ggml one node at a time.
 
-Environment: GGC_CUDA_ARCH (default sm_90) picks the target, e.g. sm_80; NVCC the compiler.
+Environment: GGC_CUDA_ARCH (default: the GPU's own, else sm_90) picks the target, e.g. sm_80; NVCC the compiler.
 """
 
 from __future__ import annotations
 
 import ctypes as C
+import functools
 import hashlib
 import os
 import shutil
@@ -60,8 +61,37 @@ def kernel_sources() -> list[Path]:
     return sorted(KERNEL_DIR.glob("*.cu"))
 
 
+@functools.lru_cache(maxsize=1)
+def driver_devices() -> list[tuple[str, int, int]]:
+    """(name, major, minor) of each GPU that the CUDA driver sees; [] without a driver or a GPU.
+
+    Asks libcuda directly, so that finding no GPU costs neither nvcc nor a kernel build."""
+    try:
+        cu = C.CDLL("libcuda.so.1")
+    except OSError:
+        return []
+    n = C.c_int(0)
+    if cu.cuInit(0) != 0 or cu.cuDeviceGetCount(C.byref(n)) != 0:
+        return []
+    out = []
+    for i in range(n.value):
+        dev, major, minor = C.c_int(0), C.c_int(0), C.c_int(0)
+        name = C.create_string_buffer(256)
+        if cu.cuDeviceGet(C.byref(dev), i) != 0:
+            continue
+        cu.cuDeviceGetName(name, len(name), dev)
+        cu.cuDeviceGetAttribute(C.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+        cu.cuDeviceGetAttribute(C.byref(minor), 76, dev)  # ..._MINOR
+        out.append((name.value.decode(errors="replace"), major.value, minor.value))
+    return out
+
+
 def arch() -> str:
-    return os.environ.get("GGC_CUDA_ARCH", DEFAULT_ARCH)
+    """The target: $GGC_CUDA_ARCH, else the first GPU's compute capability, else sm_90."""
+    if os.environ.get("GGC_CUDA_ARCH"):
+        return os.environ["GGC_CUDA_ARCH"]
+    devs = driver_devices()
+    return f"sm_{devs[0][1]}{devs[0][2]}" if devs else DEFAULT_ARCH
 
 
 def _arch_flags(a: str) -> list[str]:
@@ -128,7 +158,7 @@ def load_library() -> C.CDLL:
         lib.ggc_cuda_device_name.argtypes = [C.c_char_p, C.c_size_t]
         lib.ggc_cuda_run_node.restype = C.c_int
         lib.ggc_cuda_run_node.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(CNode), C.POINTER(C.c_size_t),
-                                          C.c_size_t, C.c_char_p, C.c_size_t]
+                                          C.c_size_t, C.c_char_p, C.c_size_t, C.c_int64]
         _LIBS[path] = lib
     return _LIBS[path]
 
@@ -148,10 +178,11 @@ def device_name() -> str:
 
 
 def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
-             lib: C.CDLL | None = None) -> bytes:
+             lib: C.CDLL | None = None, n_kv: int = 0) -> bytes:
     """Run the CUDA kernel for node t on these source bytes (each the span of its source from its
     first element); dst_init is what the destination memory held before (it matters for writes
-    into views). Returns the destination's bytes."""
+    into views). n_kv: the KV cells attention reads (ctx.n_kv, as given: no rounding); 0 = all.
+    Returns the destination's bytes."""
     lib = lib or load_library()
     name = kernel_name(t)
     fn = getattr(lib, name, None)
@@ -163,7 +194,7 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
     err = C.create_string_buffer(512)
     fn_ptr = C.cast(fn, C.c_void_p)
     work_ptr = C.cast(work, C.c_void_p) if work is not None else None
-    rc = lib.ggc_cuda_run_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err))
+    rc = lib.ggc_cuda_run_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err), n_kv)
     if rc != 0:
         raise GgcError(f"{t.label()}: {name} failed on the GPU ({rc}): {err.value.decode(errors='replace')}")
     return dst.raw

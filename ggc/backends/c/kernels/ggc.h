@@ -56,10 +56,12 @@ typedef struct {
     int32_t op_params[GGC_MAX_OP_PARAMS]; /* ggml's op_params words, as the .ggraph decodes them */
 } ggc_node;
 
+/* The C kernels' context: work memory, threads, and the run-time KV length. */
 typedef struct {
     void *data;    /* scratch for kernels (quantized activations, attention rows, ...), 64-byte aligned */
     size_t size;   /* at least n_threads times the largest ggc_work_<op> of the program */
     int n_threads; /* OpenMP threads; 1 without OpenMP */
+    int64_t n_kv;  /* KV cells attention reads this run: 0 = all (see ggc_attention.c) */
 } ggc_work;
 
 /* ---- type traits */

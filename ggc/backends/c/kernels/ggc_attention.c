@@ -6,6 +6,12 @@
  * src[4] optional sinks f32 [H]. op_params: scale, max_bias, logit_softcap (f32).
  * dst f32 [DV, H, n_q, B]: the output is permuted, head before query.
  *
+ * Run-time KV length: with 0 < work->n_kv <= k->ne[1] the kernel reads only the first n_kv cells
+ * of K, V and the mask (whose strides stay the graph's), exactly as ggml computes the graph
+ * llama.cpp builds for that n_kv; else all k->ne[1] cells. Cells past the used ones are masked
+ * (-inf) by llama.cpp, so the result is the same as over all cells, except on the split-KV path,
+ * whose spans (and so rounding) follow the n_kv attended, as in ggml.
+ *
  * Three numerics, chosen as ggml's CPU backend chooses them (the first two work per query row, so
  * they do not depend on threads or chunking):
  *  - reference (ggml_compute_forward_flash_attn_ext_f16_one_chunk): Q is converted to K's
@@ -15,8 +21,8 @@
  *  - tiled (ggml_compute_forward_flash_attn_ext_tiled), when n_q >= 64 and K, V are both f16 or
  *    both f32: Q stays f32, keys go in tiles of 64 converted to f32, scores and the V product are
  *    sequential fused multiply-adds, each tile's exponentials go through ggml_vec_soft_max_f32.
- *  - split-KV decode (n_q == 1, B == 1, K and V both f16 or both f32, n_kv >= 512): ggml cuts the
- *    keys into one span per thread, runs the reference recipe on each and merges the partial
+ *  - split-KV decode (n_q == 1, B == 1, K and V both f16 or both f32, >= 512 cells attended): ggml
+ *    cuts the keys into one span per thread, runs the reference recipe on each and merges the partial
  *    softmaxes; the result depends on ggml's thread count. Here the span count is
  *    work->n_threads: give it the thread count of the ggml run to compare with (1 = reference).
  *
@@ -40,7 +46,7 @@ typedef struct {
     int64_t DK, DV, n_kv, n_q, n_head, rk2, rk3, rv2, rv3;
 } fa_cfg;
 
-static fa_cfg fa_config(const ggc_node *n) {
+static fa_cfg fa_config(const ggc_node *n, const ggc_work *w) {
     fa_cfg c = {
         .q = &n->src[0], .k = &n->src[1], .v = &n->src[2],
         .mask = n->src[3].data ? &n->src[3] : NULL,
@@ -50,7 +56,7 @@ static fa_cfg fa_config(const ggc_node *n) {
     };
     c.DK = c.k->ne[0];
     c.DV = c.v->ne[0];
-    c.n_kv = c.k->ne[1];
+    c.n_kv = w->n_kv > 0 && w->n_kv <= c.k->ne[1] ? w->n_kv : c.k->ne[1];
     c.n_q = c.q->ne[1];
     c.n_head = c.q->ne[2];
     c.rk2 = c.q->ne[2] / c.k->ne[2];
@@ -338,7 +344,7 @@ static void fa_tile(const fa_cfg *c, int64_t iq1, int64_t nq, int64_t iq2, int64
 }
 
 void ggc_op_flash_attn_ext(const ggc_node *n, ggc_work *w) {
-    const fa_cfg c = fa_config(n);
+    const fa_cfg c = fa_config(n, w);
     const size_t per = ggc_work_flash_attn_ext(n);
     const int64_t H = c.n_head, B = c.q->ne[3];
     if (fa_tiled(n)) {

@@ -1,6 +1,10 @@
 /* The runtime of a generated program: the arena, the kernel nodes of each graph, the C API. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* clock_gettime; the Makefile sets it too */
+#endif
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ggc_program.h"
 
@@ -11,7 +15,14 @@ struct ggc_model {
     ggc_node *nodes[16]; /* per graph */
     ggc_work work;
     size_t work_per_thread; /* kernels' ggc_work_<op> sizes are per thread */
+    double last_ms;         /* wall time of the last ggc_model_run_graph */
 };
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
 
 static void *aligned_zalloc(size_t size) {
     size = (size + GGC_ALIGN - 1) / GGC_ALIGN * GGC_ALIGN;
@@ -33,7 +44,15 @@ static int valid_graph(int g) { return g >= 0 && g < GGC_N_GRAPHS; }
 
 const char *ggc_last_error(void) { return "out of memory"; }
 const char *ggc_model_error(const ggc_model *m) { (void)m; return ""; }
-void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv) { (void)m; (void)n_kv; }
+/* n_kv rounds up to a multiple of 256, as llama.cpp pads it; 0 (or less) = all cells. Only
+ * FLASH_ATTN_EXT reads it. Without flash attention llama.cpp's graph does the attention as
+ * MUL_MAT (K^T Q), SOFT_MAX_EXT (mask) and MUL_MAT (V KQ) over views of the whole cache: those
+ * kernels keep the graph's (full) KV length, which is correct (cells past n_kv are masked to -inf,
+ * so their weights are 0), only slower. */
+#define GGC_KV_PAD 256
+void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv) {
+    m->work.n_kv = n_kv <= 0 ? 0 : (n_kv + GGC_KV_PAD - 1) / GGC_KV_PAD * GGC_KV_PAD;
+}
 
 int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n) {
     if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return -1;
@@ -115,7 +134,20 @@ const void *ggc_model_output(ggc_model *m, const char *name, int k) { return fin
 
 int ggc_model_run_graph(ggc_model *m, int g) {
     if (!valid_graph(g)) return -1;
+    const double t0 = now_ms();
     for (int i = 0; i < GGC_GRAPHS[g].n_groups; i++) GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->work, m->arena);
+    m->last_ms = now_ms() - t0;
+    return 0;
+}
+double ggc_model_last_run_ms(const ggc_model *m) { return m->last_ms; }
+
+int ggc_model_profile_graph(ggc_model *m, int g, float *ms) {
+    if (!valid_graph(g)) return -1;
+    for (int i = 0; i < GGC_GRAPHS[g].n_groups; i++) {
+        const double t0 = now_ms();
+        GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->work, m->arena);
+        ms[i] = (float)(now_ms() - t0);
+    }
     return 0;
 }
 int ggc_model_run(ggc_model *m) { return ggc_model_run_graph(m, 0); }

@@ -66,10 +66,15 @@ int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n);
 /* Run every kernel group of a graph in order: 0, or -1 with ggc_model_error() saying why. */
 int ggc_model_run(ggc_model *m);
 int ggc_model_run_graph(ggc_model *m, int graph);
+/* How long the last ggc_model_run_graph took on the device, in ms (CUDA events around the
+ * replay on the CUDA target; wall time on the C target). */
+double ggc_model_last_run_ms(const ggc_model *m);
+/* Run a graph's kernel groups one by one, each timed: ms[i] for group i (ggc_model_n_groups). */
+int ggc_model_profile_graph(ggc_model *m, int graph, float *ms);
 const char *ggc_model_error(const ggc_model *m);
 const char *ggc_last_error(void); /* why ggc_model_create returned NULL */
-/* KV cells that attention reads this run (0: all). Rounded up to a multiple of 256 by the CUDA
- * target, which keeps one captured graph per value; the C target attends over all cells. */
+/* KV cells that attention reads from the next run on (0: all), rounded up to a multiple of 256 as
+ * llama.cpp pads it. The CUDA target keeps one recorded CUDA graph per value. */
 void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv);
 int ggc_model_set_threads(ggc_model *m, int n_threads); /* OpenMP builds; 0, or -1 when out of memory */
 void ggc_model_reset_state(ggc_model *m);  /* zero the KV cache */

@@ -3,8 +3,9 @@
  * ggc_cuda_run_node runs one kernel on host bytes: it copies every present source and the
  * destination's initial content to fresh device buffers, points a copy of the node at them, asks
  * the op's work function (if any) for scratch, calls the op on a new stream, synchronizes, and
- * copies the destination back over the host buffer. Errors (allocation, launch, faults) come back
- * as a nonzero return and a message; the process stays usable only for non-sticky errors.
+ * copies the destination back over the host buffer. n_kv becomes ctx.n_kv (the KV cells attention
+ * reads; 0 = all), as given: the harness does not round it. Errors (allocation, launch, faults)
+ * come back as a nonzero return and a message; the process stays usable only for non-sticky errors.
  */
 #include "ggc_cuda.cuh"
 
@@ -38,7 +39,8 @@ extern "C" void ggc_cuda_device_name(char *out, size_t len) {
 /* Run op on node (host pointers) once, or `iters` times after `warmup` runs, timing them with
  * events (ms_out: mean milliseconds per run, when iters > 0). */
 static int run_node_impl(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *node, const size_t *src_sizes,
-                         size_t dst_size, int warmup, int iters, float *ms_out, char *err, size_t err_len) {
+                         size_t dst_size, int64_t n_kv, int warmup, int iters, float *ms_out, char *err,
+                         size_t err_len) {
     cudaEvent_t ev0 = nullptr, ev1 = nullptr;
     void *dev[GGC_MAX_SRC] = {nullptr};
     void *ddst = nullptr, *dwork = nullptr;
@@ -76,7 +78,7 @@ static int run_node_impl(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *
     ctx.stream = stream;
     ctx.work = dwork;
     ctx.work_size = wsize;
-    ctx.n_kv = 0;
+    ctx.n_kv = n_kv;
     {
         int dev_id = 0;
         TRY(cudaGetDevice(&dev_id));
@@ -116,9 +118,10 @@ done:
     return e == cudaSuccess ? 0 : (int)e;
 }
 
+/* n_kv last, so that callers of the older signature that pad their arguments with zeros still work */
 extern "C" int ggc_cuda_run_node(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *node, const size_t *src_sizes,
-                                 size_t dst_size, char *err, size_t err_len) {
-    return run_node_impl(op, work_fn, node, src_sizes, dst_size, 0, 0, nullptr, err, err_len);
+                                 size_t dst_size, char *err, size_t err_len, int64_t n_kv) {
+    return run_node_impl(op, work_fn, node, src_sizes, dst_size, n_kv, 0, 0, nullptr, err, err_len);
 }
 
 /* as ggc_cuda_run_node, timing `iters` back-to-back runs after `warmup` ones (the op, its src1
@@ -126,5 +129,6 @@ extern "C" int ggc_cuda_run_node(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, gg
 extern "C" int ggc_cuda_bench_node(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *node,
                                    const size_t *src_sizes, size_t dst_size, int warmup, int iters, float *ms,
                                    char *err, size_t err_len) {
-    return run_node_impl(op, work_fn, node, src_sizes, dst_size, warmup, iters < 1 ? 1 : iters, ms, err, err_len);
+    return run_node_impl(op, work_fn, node, src_sizes, dst_size, 0, warmup, iters < 1 ? 1 : iters, ms, err,
+                         err_len);
 }

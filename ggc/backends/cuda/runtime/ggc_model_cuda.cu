@@ -36,6 +36,8 @@ struct ggc_model {
     RecordedGraph recorded[kMaxGraphs][kMaxExecs] = {};
     int n_recorded[kMaxGraphs] = {};
     int64_t n_kv = 0;
+    cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // around the last graph replay
+    float last_ms = 0.0f;
     char error[512] = "";
 };
 
@@ -110,6 +112,7 @@ ggc_model *ggc_model_create(void) {
         goto fail;
     }
     if (cudaStreamCreateWithFlags(&m->ctx.stream, cudaStreamNonBlocking) != cudaSuccess) goto fail;
+    if (cudaEventCreate(&m->ev_start) != cudaSuccess || cudaEventCreate(&m->ev_stop) != cudaSuccess) goto fail;
     return m;
 fail:
     if (!g_last_error[0]) set_error(g_last_error, "%s", cudaGetErrorString(cudaGetLastError()));
@@ -123,6 +126,8 @@ void ggc_model_free(ggc_model *m) {
         for (int i = 0; i < m->n_recorded[g]; i++) cudaGraphExecDestroy(m->recorded[g][i].exec);
         free(m->nodes[g]);
     }
+    if (m->ev_start) cudaEventDestroy(m->ev_start);
+    if (m->ev_stop) cudaEventDestroy(m->ev_stop);
     if (m->ctx.stream) cudaStreamDestroy(m->ctx.stream);
     cudaFree(m->ctx.work);
     cudaFree(m->arena);
@@ -208,10 +213,15 @@ int ggc_model_run_graph(ggc_model *m, int g) {
         if (record(m, g, &exec) != 0) return -1;
         m->recorded[g][m->n_recorded[g]++] = {m->n_kv, exec};
     }
+    CUDA_OR_FAIL(m, cudaEventRecord(m->ev_start, m->ctx.stream));
     CUDA_OR_FAIL(m, cudaGraphLaunch(exec, m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaEventRecord(m->ev_stop, m->ctx.stream));
     CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaEventElapsedTime(&m->last_ms, m->ev_start, m->ev_stop));
     return 0;
 }
+
+double ggc_model_last_run_ms(const ggc_model *m) { return m->last_ms; }
 
 int ggc_model_run(ggc_model *m) { return ggc_model_run_graph(m, 0); }
 
@@ -222,6 +232,32 @@ int ggc_model_run_group(ggc_model *m, int g, int i) {
     CUDA_OR_FAIL(m, cudaGetLastError());
     CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
     return 0;
+}
+
+// Each kernel group timed with CUDA events (launched one by one, not as a graph): ms[i] for group i.
+int ggc_model_profile_graph(ggc_model *m, int g, float *ms) {
+    if (!valid_graph(g)) return set_error(m->error, "no graph %d", g);
+    const int n = GGC_GRAPHS[g].n_groups;
+    cudaEvent_t *ev = static_cast<cudaEvent_t *>(calloc((size_t)n + 1, sizeof(cudaEvent_t)));
+    if (!ev) return set_error(m->error, "out of host memory");
+    int rc = 0;
+    for (int i = 0; i <= n && rc == 0; i++)
+        if (cudaEventCreate(&ev[i]) != cudaSuccess) rc = set_error(m->error, "cudaEventCreate failed");
+    m->ctx.n_kv = m->n_kv;
+    if (rc == 0) {
+        cudaEventRecord(ev[0], m->ctx.stream);
+        for (int i = 0; i < n; i++) {
+            GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->ctx, m->arena);
+            cudaEventRecord(ev[i + 1], m->ctx.stream);
+        }
+        cudaError_t e = cudaStreamSynchronize(m->ctx.stream);
+        if (e != cudaSuccess) rc = set_error(m->error, "profiling: %s", cudaGetErrorString(e));
+        for (int i = 0; i < n && rc == 0; i++) cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]);
+    }
+    for (int i = 0; i <= n; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    free(ev);
+    return rc;
 }
 
 int ggc_model_set_threads(ggc_model *m, int n_threads) {

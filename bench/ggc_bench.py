@@ -1,0 +1,136 @@
+"""ggc's side of the benchmark: prefill and decode speed of a generated program on one GGUF.
+
+    python bench/ggc_bench.py MODEL.gguf [--target cuda] [--prompt 512] [--gen 128] [--reps 3] [--json OUT]
+
+Measures what llama-bench measures, on the same file: prefill of a --prompt-token batch from an
+empty cache (pp), and --gen decode steps of one token after a --prompt-token prompt (tg). Each
+figure is the median over --reps repetitions after one warm-up. Wall time covers the whole step as
+a user sees it (inputs written, the recorded CUDA graph replayed, logits read back, greedy pick);
+device time is CUDA events around the replay. The program is compiled for exactly the
+prefill batch (--prompt) and a context of prompt + gen tokens, as llama-bench sizes its context.
+--prepare only captures, compiles and builds the program (into the on-disk cache) and exits, so
+that the timed run later starts from the cache on an idle CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ggc.errors import GgcError  # noqa: E402
+from ggc.llm.model import Model  # noqa: E402
+
+
+def prepare(path: str, target: str, n_prompt: int, n_gen: int) -> dict:
+    t0 = time.perf_counter()
+    with Model(path, target=target, ctx=n_prompt + n_gen, batch=n_prompt) as m:
+        return {"model": Path(path).name, "target": m.target, "cached_program": m.stats.cached,
+                "first_start_s": round(time.perf_counter() - t0, 2)}
+
+
+def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
+    t0 = time.perf_counter()
+    m = Model(path, target=target, ctx=n_prompt + n_gen, batch=n_prompt)
+    start_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    prompt = [int(x) for x in rng.integers(3, m.n_vocab, n_prompt)]  # past the specials, like random text
+    pp_wall, pp_dev, tg_wall, tg_dev = [], [], [], []
+    for rep in range(reps + 1):  # rep 0 warms up (and records the CUDA graphs of each KV length)
+        m.reset()
+        t = time.perf_counter()
+        logits = m.eval(prompt)
+        wall, dev = time.perf_counter() - t, m.program.last_run_ms() / 1e3
+        step_wall, step_dev = [], []
+        tok = int(np.argmax(logits))
+        for _ in range(n_gen):
+            t = time.perf_counter()
+            logits = m.eval([tok])
+            tok = int(np.argmax(logits))
+            step_wall.append(time.perf_counter() - t)
+            step_dev.append(m.program.last_run_ms() / 1e3)
+        if rep:
+            pp_wall.append(wall)
+            pp_dev.append(dev)
+            tg_wall.append(sum(step_wall))
+            tg_dev.append(sum(step_dev))
+    plan = m.program.plan
+    prof = {"decode": _profile(m, 1), "prefill": _profile(m, 0)}
+    res = {
+        "model": Path(path).name,
+        "target": m.target,
+        "n_prompt": n_prompt,
+        "n_gen": n_gen,
+        "ctx": m.ctx,
+        "start_s": round(start_s, 2),
+        "cached_program": m.stats.cached,
+        "arena_bytes": plan.size,
+        "pp_tok_s": n_prompt / statistics.median(pp_wall),
+        "pp_device_tok_s": n_prompt / statistics.median(pp_dev),
+        "tg_tok_s": n_gen / statistics.median(tg_wall),
+        "tg_device_tok_s": n_gen / statistics.median(tg_dev),
+        "tg_ms_per_token": 1e3 * statistics.median(tg_wall) / n_gen,
+        "reps": reps,
+        "profile": prof,
+    }
+    m.close()
+    return res
+
+
+def _kind(t) -> str:  # noqa: ANN001 - a Tensor
+    """What a kernel group is, for the profile: op, weight type and shape for matrix products."""
+    if t.op in ("MUL_MAT", "MUL_MAT_ID"):
+        w = t.src[0]
+        return f"{t.op} {w.type.name} {w.ne[0]}x{w.ne[1]} n={t.ne[1]}"
+    if t.op in ("UNARY", "GLU"):
+        return f"{t.op} {t.params.get('op')}"
+    return t.op
+
+
+def _profile(m: Model, gi: int, reps: int = 5) -> list[dict]:
+    """Kernel groups one by one (no CUDA graph), each timed with CUDA events: the median time of
+    each, summed by kind. Runs on whatever inputs the last step left, so it changes no state that
+    matters (the KV cells it writes are rewritten by the next step)."""
+    plan = m.program.plans[gi]
+    times = [m.program.profile(gi) for _ in range(reps)]
+    kinds: dict[str, list[float]] = {}
+    for i, grp in enumerate(plan.groups):
+        k = " + ".join(t.op for t in grp.nodes) if grp.fused else _kind(grp.nodes[0])
+        kinds.setdefault(k, []).append(statistics.median(ts[i] for ts in times))
+    rows = [{"kind": k, "count": len(v), "ms": round(sum(v), 4)} for k, v in kinds.items()]
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--target", default="cuda", choices=("c", "cuda"))
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", help="write the result here too")
+    ap.add_argument("--prepare", action="store_true", help="only compile and build the program, then exit")
+    a = ap.parse_args()
+    try:
+        if a.prepare:
+            res = prepare(a.model, a.target, a.prompt, a.gen)
+        else:
+            res = bench(a.model, a.target, a.prompt, a.gen, a.reps)
+    except GgcError as e:
+        print(f"ggc_bench: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
