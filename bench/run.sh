@@ -37,6 +37,18 @@ LLAMA_DIR=$W/llama.cpp
 BUILD=$!
 
 # 2. models, ggc programs, checks
+python3 -c "from ggc.backends.cuda.abi import build_library; print(build_library())"
+if [ "${KERNEL_BENCH:-1}" = 1 ] && [ ! -s "$W/kernels.json" ]; then
+  stamp "single kernels: matrix products (the staged kernel first, for comparison)"
+  GGC_CUDA_STAGED_MMV=1 python3 bench/kernel_bench.py --json "$W/kernels-staged.json" > "$W/kernels-staged.log" 2>&1
+  python3 bench/kernel_bench.py --json "$W/kernels.json" 2>&1 | tee "$W/kernels.log"
+  echo "staged:"; cat "$W/kernels-staged.log"
+fi
+if [ -n "${CUDA_TESTS:-}" ] && [ ! -s "$W/cuda_tests.log" ]; then
+  stamp "CUDA kernel tests: $CUDA_TESTS"
+  python3 -m pytest -q -p no:cacheprovider $CUDA_TESTS > "$W/cuda_tests.log" 2>&1
+  tail -15 "$W/cuda_tests.log"
+fi
 for m in $MODELS; do
   [ -s "$W/$m.gguf" ] || { stamp "writing $m"; python3 bench/models.py "$m" "$W/$m.gguf" || exit 1; }
 done

@@ -102,6 +102,7 @@ class Model:
         n_layer = max((int(t.name[9:]) + 1 for t in prefill.leafs if t.name.startswith("cache_k_l")), default=0)
         swa = Swa.from_gguf(gf, n_layer)
         self.fillers = [InputFiller(g, swa) for g in self.graphs]
+        self._logits = [next(t for t in g.outputs() if t.name == "result_output") for g in self.graphs]
         self.program, cached = self._build()
         self.program.load_weights(self.path)
         if threads:
@@ -219,13 +220,13 @@ class Model:
 
     def _run(self, gi: int, tokens: list[int]) -> np.ndarray:
         graph, filler = self.graphs[gi], self.fillers[gi]
-        for tid, data in filler.values(tokens, self.n_past).items():
-            self.program.set(graph.tensors[tid], data, graph=gi)
+        vals = filler.values(tokens, self.n_past)
+        self.program.set_many({graph.tensors[tid]: data for tid, data in vals.items()}, graph=gi)
         # attention reads only the cells in use (the program rounds n_kv up as llama.cpp pads it)
         self.program.set_n_kv(self.n_past + len(tokens))
         self.program.run(graph=gi)
         self.n_past += len(tokens)
-        out = next(t for t in graph.outputs() if t.name == "result_output")
+        out = self._logits[gi]
         return np.frombuffer(self.program.get(out, graph=gi), dtype=np.float32).copy()
 
     def eval(self, tokens: list[int]) -> np.ndarray:

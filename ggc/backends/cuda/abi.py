@@ -177,12 +177,8 @@ def device_name() -> str:
     return buf.value.decode()
 
 
-def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
-             lib: C.CDLL | None = None, n_kv: int = 0) -> bytes:
-    """Run the CUDA kernel for node t on these source bytes (each the span of its source from its
-    first element); dst_init is what the destination memory held before (it matters for writes
-    into views). n_kv: the KV cells attention reads (ctx.n_kv, as given: no rounding); 0 = all.
-    Returns the destination's bytes."""
+def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib: C.CDLL | None, n_kv: int,
+            bench: tuple[int, int] | None) -> tuple[bytes, float]:
     lib = lib or load_library()
     name = kernel_name(t)
     fn = getattr(lib, name, None)
@@ -194,7 +190,27 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
     err = C.create_string_buffer(512)
     fn_ptr = C.cast(fn, C.c_void_p)
     work_ptr = C.cast(work, C.c_void_p) if work is not None else None
-    rc = lib.ggc_cuda_run_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err), n_kv)
+    ms = C.c_float(0.0)
+    if bench is None:
+        rc = lib.ggc_cuda_run_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err), n_kv)
+    else:
+        lib.ggc_cuda_bench_node.restype = C.c_int
+        rc = lib.ggc_cuda_bench_node(fn_ptr, work_ptr, C.byref(node), sizes, C.c_size_t(t.nbytes), bench[0], bench[1],
+                                     C.byref(ms), err, C.c_size_t(len(err)))
     if rc != 0:
         raise GgcError(f"{t.label()}: {name} failed on the GPU ({rc}): {err.value.decode(errors='replace')}")
-    return dst.raw
+    return dst.raw, ms.value
+
+
+def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
+             lib: C.CDLL | None = None, n_kv: int = 0) -> bytes:
+    """Run the CUDA kernel for node t on these source bytes (each the span of its source from its
+    first element); dst_init is what the destination memory held before (it matters for writes
+    into views). n_kv: the KV cells attention reads (ctx.n_kv, as given: no rounding); 0 = all.
+    Returns the destination's bytes."""
+    return _launch(t, src_data, dst_init, lib, n_kv, None)[0]
+
+
+def bench_node(t: Tensor, src_data: list[bytes | None], warmup: int = 10, iters: int = 100) -> float:
+    """Mean milliseconds of node t's kernel over `iters` back-to-back runs on the GPU (CUDA events)."""
+    return _launch(t, src_data, None, None, 0, (warmup, iters))[1]

@@ -16,6 +16,9 @@
  *    accumulate). Tiles of BM = 32..128 src1 rows x BN = 128 weight rows x BK = 32; weights are
  *    dequantized to f16 in registers (8 elements a thread per chunk) and stored to shared memory,
  *    src1 (converted to f16/bf16) comes by cp.async; double-buffered, ldmatrix fragments.
+ * With quantized weights src1 is first quantized exactly as ggml-CPU quantizes it for that weight
+ * type (q8_0 / q8_1 / q8_K, see ggc_cuda_quants.cuh): mmvq dots those quants, mmq multiplies
+ * f16(q * d) of them, so both see the CPU's activations rather than unquantized ones.
  *
  * GQA: in the matrix-vector kernels, the src1 rows that share one weight matrix (r2 * r3 * ne11
  * <= 8) are the columns of one launch, so each weight row is read once.
@@ -101,17 +104,59 @@ static __device__ __forceinline__ bool ggc_mmv_column(const ggc_mm_args &a, int6
 
 /* ------------------------------------------------------------------ src1 conversion */
 
-/* src1 rows -> q8a: one warp per 32-element block */
+/* src1 rows -> q8a, quantized as ggml-CPU does for weights of vec_dot_type Q: one warp per
+ * quantization block (32 elements, lane e element e; q8_K: 256, lane l elements 8l .. 8l+7) */
+template <ggc_actq Q>
 static __global__ void ggc_k_quantize_q8a(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t nblocks,
                                    int8_t *q, ggc_q8a_meta *meta) {
+    constexpr int QB = ggc_actq_blck(Q);
     const int lane = threadIdx.x & 31;
     const int64_t bi = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (bi >= nblocks) return;
-    const int64_t bpr = s.ne[0] / 32, r = bi / bpr, kb = bi % bpr;
+    const int64_t K = s.ne[0], bpr = K / QB, r = bi / bpr, kb = bi % bpr;
     int64_t i1, i2, i3;
     ggc_cuda_unravel_row(s, r, i1, i2, i3);
-    const float x = ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * 32 + lane, i1, i2, i3), type);
-    ggc_q8a_quant_warp(x, lane, q + r * s.ne[0] + kb * 32, meta + bi);
+    if constexpr (Q == GGC_ACTQ_Q8_K) {
+        float x[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            x[j] = ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * QB + 8 * lane + j, i1, i2, i3), type);
+        ggc_q8a_quant_k_warp(x, lane, q + r * K + kb * QB, meta + r * (K / 32) + kb * (QB / 32));
+    } else {
+        const float x = ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * QB + lane, i1, i2, i3), type);
+        ggc_q8a_quant_warp<Q>(x, lane, q + r * K + kb * QB, meta + bi);
+    }
+}
+
+/* src1 rows -> f16 rows of `stride` elements for the tensor-core path with quantized weights:
+ * each element f16(q * d) of the CPU's quantization (vec_dot_type Q), one warp per block as
+ * above. K is a multiple of the weight block (32 or 256) and so of GGC_MMQ_BK: stride == K, no
+ * padding. */
+template <ggc_actq Q>
+static __global__ void ggc_k_fake_quant_rows(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t stride,
+                                             int64_t nblocks, uint16_t *out) {
+    constexpr int QB = ggc_actq_blck(Q);
+    const int lane = threadIdx.x & 31;
+    const int64_t bi = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (bi >= nblocks) return;
+    const int64_t bpr = s.ne[0] / QB, r = bi / bpr, kb = bi % bpr;
+    int64_t i1, i2, i3;
+    ggc_cuda_unravel_row(s, r, i1, i2, i3);
+    uint16_t *o = out + r * stride + kb * QB;
+    if constexpr (Q == GGC_ACTQ_Q8_K) {
+        float x[8];
+        uint16_t h[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            x[j] = ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * QB + 8 * lane + j, i1, i2, i3), type);
+        ggc_q8k_fake256(x, lane, h);
+        uint32_t u[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) u[j] = (uint32_t)h[2 * j] | (uint32_t)h[2 * j + 1] << 16;
+        *(uint4 *)(o + 8 * lane) = make_uint4(u[0], u[1], u[2], u[3]); /* 16-aligned: K % 256 == 0 */
+    } else {
+        o[lane] = ggc_q8_fake32(ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * QB + lane, i1, i2, i3), type));
+    }
 }
 
 /* src1 rows -> contiguous rows of `stride` elements (zero padded) as f32 / f16 / bf16 */
@@ -295,6 +340,8 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_mmvq(const g
             if (lane == 0 && r < nr && col[c]) *(float *)(a.dst + doff[c] + (row0 + r) * a.nbd0) = v;
         }
 }
+
+#include "ggc_cuda_gemv.cuh"
 
 /* ------------------------------------------------------------------ mmvf: f32 / f16 / bf16 weights, <= 8 columns */
 
@@ -674,30 +721,47 @@ size_t act_bytes(mm_path p, int64_t rows, int64_t k) {
     }
 }
 
-/* src1 (any strides, f32 / f16 / bf16) into the work buffer in the path's format */
+/* a kernel template over the activation quantization of weight type t */
+#define GGC_ACTQ_LAUNCH(t, kern, grid, block, st, ...)                                                            \
+    switch (ggc_actq_of(t)) {                                                                                      \
+    case GGC_ACTQ_Q8_1: kern<GGC_ACTQ_Q8_1><<<grid, block, 0, st>>>(__VA_ARGS__); break;                          \
+    case GGC_ACTQ_Q8_K: kern<GGC_ACTQ_Q8_K><<<grid, block, 0, st>>>(__VA_ARGS__); break;                          \
+    default: kern<GGC_ACTQ_Q8_0><<<grid, block, 0, st>>>(__VA_ARGS__); break;                                    \
+    }
+
+/* src1 (any strides, f32 / f16 / bf16) into the work buffer in the path's format. With quantized
+ * weights src1 goes through the CPU's quantization for that weight type (ggml-CPU quantizes it
+ * before its integer dots): q8a for mmvq, dequantized f16 for mmq. */
 void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work, cudaStream_t st, ggc_mm_args &a) {
     const ggc_cuda_shape s = ggc_cuda_shape_of(b);
     const int64_t rows = ggc_cuda_nrows(b), k = b->ne[0];
+    const int64_t nblocks = rows * (k / ggc_actq_blck(ggc_actq_of(w->type))); /* quantized weights */
+    const unsigned qgrid = ggc_cuda_grid(nblocks, 8);                           /* 8 warps a CTA */
     if (p == PATH_MMVQ) {
-        const int64_t nblocks = rows * (k / 32);
         int8_t *q = (int8_t *)work;
         ggc_q8a_meta *meta = (ggc_q8a_meta *)((char *)work + (size_t)rows * (size_t)k);
-        ggc_k_quantize_q8a<<<ggc_cuda_grid(nblocks, 8), 256, 0, st>>>((const uint8_t *)b->data, b->type, s, nblocks,
-                                                                       q, meta);
+        GGC_ACTQ_LAUNCH(w->type, ggc_k_quantize_q8a, qgrid, 256, st, (const uint8_t *)b->data, b->type, s, nblocks, q,
+                        meta);
         a.act = q;
         a.act_aux = meta;
         a.act_stride = k;
         return;
     }
     const int64_t stride = p == PATH_MMVF ? round_up(k, 8) : round_up(k, GGC_MMQ_BK);
+    a.act = work;
+    a.act_aux = nullptr;
+    a.act_stride = stride;
+    if (p == PATH_MMQ && ggc_cuda_is_quant(w->type)) {
+        GGC_ACTQ_LAUNCH(w->type, ggc_k_fake_quant_rows, qgrid, 256, st, (const uint8_t *)b->data, b->type, s, stride,
+                        nblocks, (uint16_t *)work);
+        return;
+    }
     const ggc_type ot = p == PATH_MMVF ? GGC_TYPE_F32 : w->type == GGC_TYPE_BF16 ? GGC_TYPE_BF16 : GGC_TYPE_F16;
     const int64_t total = rows * stride;
     ggc_k_convert_rows<<<ggc_cuda_grid(total, 256), 256, 0, st>>>((const uint8_t *)b->data, b->type, s, stride, total,
                                                                    work, ot);
-    a.act = work;
-    a.act_aux = nullptr;
-    a.act_stride = stride;
 }
+#undef GGC_ACTQ_LAUNCH
 
 bool aligned16(const ggc_tensor *t) {
     return ((uintptr_t)t->data % 16 == 0) && t->nb[1] % 16 == 0 && t->nb[2] % 16 == 0 && t->nb[3] % 16 == 0;
@@ -707,9 +771,13 @@ bool aligned16(const ggc_tensor *t) {
 typedef void (*mm_kernel)(const ggc_mm_args);
 
 template <ggc_type T> mm_kernel mmvq_kernel(int nc) {
+    /* GGC_CUDA_STAGED_MMV=1 picks the shared-memory staged kernel instead (for comparisons) */
+    static const bool staged = getenv("GGC_CUDA_STAGED_MMV") && getenv("GGC_CUDA_STAGED_MMV")[0] == '1';
     static const mm_kernel k[8] = {ggc_k_mmvq<T, 1>, ggc_k_mmvq<T, 2>, ggc_k_mmvq<T, 3>, ggc_k_mmvq<T, 4>,
                                    ggc_k_mmvq<T, 5>, ggc_k_mmvq<T, 6>, ggc_k_mmvq<T, 7>, ggc_k_mmvq<T, 8>};
-    return k[nc - 1];
+    static const mm_kernel g[8] = {ggc_k_gemv<T, 1>, ggc_k_gemv<T, 2>, ggc_k_gemv<T, 3>, ggc_k_gemv<T, 4>,
+                                   ggc_k_gemv<T, 5>, ggc_k_gemv<T, 6>, ggc_k_gemv<T, 7>, ggc_k_gemv<T, 8>};
+    return staged ? k[nc - 1] : g[nc - 1];
 }
 typedef void (*mmvf_kernel_t)(const ggc_mm_args, bool);
 template <ggc_type T, int LPR> mmvf_kernel_t mmvf_kernel2(int nc) {

@@ -11,7 +11,8 @@
  *  - ggc_quant_block<T>(x, dst): a float block quantized to q4_0 / q4_1 / q5_0 / q5_1 / q8_0 as
  *    ggml's CPU reference quantizers do (same rounding; no contraction into fused multiply-adds).
  *  - the activation format of the integer path (ggc_q8a): per row, K int8 quants, then per 32
- *    elements a float4 {d, d * sum(q[0:16]), d * sum(q[16:32]), 0}.
+ *    elements a float4 {d, d * sum(q[0:16]), d * sum(q[16:32]), 0}, quantized and rounded as
+ *    ggml-CPU does for the weight type (see that section).
  *
  * Weight data is read with 2-byte loads where a block format only guarantees 2-byte alignment
  * (q4_0, q5_0, q8_0, q3_K, q6_K: blocks of even size), 4-byte loads where blocks are multiples of
@@ -485,9 +486,34 @@ template <> struct ggc_q8dec<GGC_TYPE_Q6_K> {
     }
 };
 
-/* ---------------------------------------------------------------- activations for the integer path */
+/* ---------------------------------------------------------------- activations for the integer path
+ *
+ * ggml-CPU quantizes a matrix product's activations to the weight type's vec_dot_type before its
+ * integer block dots, and its result depends on exactly how (rounding of d, block size, min
+ * terms), so the CUDA kernels reproduce that quantization bit for bit, keyed on the weight type:
+ *   q8_0 (q4_0, q5_0, q8_0 weights) and q8_1 (q4_1, q5_1): per 32 elements, ggml's x86
+ *     quantizer (ggc_quants.c quant_q8_block): d = amax / 127, q = round-half-even(x * 127 / amax),
+ *     d stored as f16; q8_1 adds s = f16(d * sum(q)) with the unrounded d (quant_q8_1);
+ *   q8_K (q2_K .. q6_K): per 256 elements (quant_q8_K): iscale = -127 / (the signed value of the
+ *     first element of largest |x|), q = min(round-half-even(iscale * x), 127), d = 1 / iscale
+ *     kept as a float, sums of each 16 quants (bsums). */
 
-/* Block meta of the q8 activation format: x[e] ~= d * q[e]; s0, s1 = d * sum of q over each half */
+/* the activation quantization of weight type t (ggml's vec_dot_type of t) */
+enum ggc_actq { GGC_ACTQ_Q8_0, GGC_ACTQ_Q8_1, GGC_ACTQ_Q8_K };
+static __host__ __device__ constexpr ggc_actq ggc_actq_of(ggc_type t) {
+    return t == GGC_TYPE_Q4_1 || t == GGC_TYPE_Q5_1 ? GGC_ACTQ_Q8_1
+           : t == GGC_TYPE_Q2_K || t == GGC_TYPE_Q3_K || t == GGC_TYPE_Q4_K || t == GGC_TYPE_Q5_K ||
+                   t == GGC_TYPE_Q6_K
+               ? GGC_ACTQ_Q8_K
+               : GGC_ACTQ_Q8_0;
+}
+/* elements per quantization block: one warp quantizes one block */
+static __host__ __device__ constexpr int ggc_actq_blck(ggc_actq q) { return q == GGC_ACTQ_Q8_K ? 256 : 32; }
+
+/* Block meta of the q8 activation format, per 32 elements: x[e] ~= d * q[e], and the min-term
+ * sums of the 16-element halves, as the CPU rounds them: q8_0 {f16(d), f16(d) * sum_lo,
+ * f16(d) * sum_hi}; q8_1 {f16(d), f16(d * sum32), 0} (q4_1 / q5_1 have one min for both halves,
+ * so the CPU's m * s comes out whole); q8_K {d, d * bsum_lo, d * bsum_hi} with the block's float d. */
 struct ggc_q8a_meta {
     float d, s0, s1, pad;
 };
@@ -498,18 +524,104 @@ static inline size_t ggc_q8a_size(int64_t rows, int64_t k) {
     return (size_t)rows * (size_t)k + (size_t)rows * (size_t)(k / 32) * sizeof(ggc_q8a_meta);
 }
 
-/* One 32-element block quantized by a warp: lane e holds x[e]; writes q[e] and the block's meta
- * (lane 0). d = amax / 127, q = round(x / d). */
-static __device__ __forceinline__ void ggc_q8a_quant_warp(float x, int lane, int8_t *q, ggc_q8a_meta *meta) {
+/* q8_0 / q8_1 quants of a 32-element block, lane e holding x[e]: returns q[e]; d is the block's
+ * unrounded scale (all lanes). The explicit _rn operations keep nvcc from contracting or
+ * approximating what the CPU rounds step by step (fmaxf is exact, so the reduction order is free). */
+static __device__ __forceinline__ int ggc_q8_quant32(float x, float &d) {
     const float amax = ggc_warp_max(fabsf(x));
-    const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    const int v = __float2int_rn(x * id);
+    d = __fdiv_rn(amax, 127.0f);
+    const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    return __float2int_rn(__fmul_rn(x, id)); /* round half to even, as _mm256_round_ps */
+}
+
+/* q8_K quants of a 256-element block, lane l holding x[8l .. 8l+7]: q[j] and the block's float d
+ * (all lanes; 0 and all-zero quants when every x is 0, as quant_q8_K's memset). The CPU scans
+ * x[0..255] keeping the first element of strictly largest |x|: here each lane scans its 8 in
+ * order, then the warp keeps the largest |x| and, on ties, the lowest lane (lanes hold ascending
+ * ranges), so the sign of the scale is the CPU's even when +v and -v tie. */
+static __device__ __forceinline__ float ggc_q8k_quant256(const float x[8], int lane, int q[8]) {
+    float amax = 0.0f, mx = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            mx = x[j];
+        }
+    int win = lane;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float oa = __shfl_xor_sync(0xffffffffu, amax, o), om = __shfl_xor_sync(0xffffffffu, mx, o);
+        const int ow = __shfl_xor_sync(0xffffffffu, win, o);
+        if (oa > amax || (oa == amax && ow < win)) {
+            amax = oa;
+            mx = om;
+            win = ow;
+        }
+    }
+    if (amax == 0.0f) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) q[j] = 0;
+        return 0.0f;
+    }
+    const float iscale = __fdiv_rn(-127.0f, mx);
+#pragma unroll
+    for (int j = 0; j < 8; j++) q[j] = min(__float2int_rn(__fmul_rn(iscale, x[j])), 127);
+    return __fdiv_rn(1.0f, iscale);
+}
+
+/* One q8_0 / q8_1 block (Q) to q8a by a warp: lane e holds x[e]; writes q[e] and (lane 0) meta. */
+template <ggc_actq Q>
+static __device__ __forceinline__ void ggc_q8a_quant_warp(float x, int lane, int8_t *q, ggc_q8a_meta *meta) {
+    float d;
+    const int v = ggc_q8_quant32(x, d);
     q[lane] = (int8_t)v;
     int s = v;
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o); /* sums over 16 lanes */
     const int s_hi = __shfl_sync(0xffffffffu, s, 16);
-    if (lane == 0) *meta = ggc_q8a_meta{d, d * (float)s, d * (float)s_hi, 0.0f};
+    if (lane == 0) {
+        const float dh = ggc_h2f(ggc_f2h(d)); /* the CPU's block holds d as f16 */
+        if constexpr (Q == GGC_ACTQ_Q8_1)
+            *meta = ggc_q8a_meta{dh, ggc_h2f(ggc_f2h(__fmul_rn(d, (float)(s + s_hi)))), 0.0f, 0.0f};
+        else
+            *meta = ggc_q8a_meta{dh, __fmul_rn(dh, (float)s), __fmul_rn(dh, (float)s_hi), 0.0f};
+    }
+}
+
+/* One q8_K block (256 elements) to q8a by a warp: lane l holds x[8l .. 8l+7]; writes its 8 quants
+ * and (lanes 4s) the meta of 32-element sub-block s: the bsums of its halves are lanes 4s, 4s+1
+ * and 4s+2, 4s+3. q: the block's first quant (8-byte aligned); meta: its first sub-block's. */
+static __device__ __forceinline__ void ggc_q8a_quant_k_warp(const float x[8], int lane, int8_t *q,
+                                                            ggc_q8a_meta *meta) {
+    int v[8];
+    const float d = ggc_q8k_quant256(x, lane, v);
+    int s = 0;
+    uint32_t w[2] = {0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        s += v[j];
+        w[j / 4] |= (uint32_t)(uint8_t)(int8_t)v[j] << (8 * (j % 4));
+    }
+    *(uint2 *)(q + 8 * lane) = make_uint2(w[0], w[1]);
+    const int s16 = s + __shfl_xor_sync(0xffffffffu, s, 1);  /* bsum of this lane's 16-element half */
+    const int s16_hi = __shfl_down_sync(0xffffffffu, s16, 2); /* lane 4s: the upper half's */
+    if ((lane & 3) == 0) meta[lane / 4] = ggc_q8a_meta{d, __fmul_rn(d, (float)s16), __fmul_rn(d, (float)s16_hi), 0.0f};
+}
+
+/* Fake quantization for the tensor-core path, which multiplies f16: x replaced by f16(q * d) with
+ * the quants and the d the CPU's dot uses (f16-rounded for q8_0 / q8_1, the float for q8_K).
+ * One 32-element block, lane e holding x[e]; returns the f16 bits of element e. */
+static __device__ __forceinline__ uint16_t ggc_q8_fake32(float x) {
+    float d;
+    const int v = ggc_q8_quant32(x, d);
+    return ggc_f2h(__fmul_rn((float)v, ggc_h2f(ggc_f2h(d))));
+}
+/* the same for a q8_K block, lane l holding x[8l .. 8l+7]: h[j] the f16 bits of element 8l + j */
+static __device__ __forceinline__ void ggc_q8k_fake256(const float x[8], int lane, uint16_t h[8]) {
+    int v[8];
+    const float d = ggc_q8k_quant256(x, lane, v);
+#pragma unroll
+    for (int j = 0; j < 8; j++) h[j] = ggc_f2h(__fmul_rn((float)v[j], d));
 }
 
 /* ---------------------------------------------------------------- float blocks to q4_0 .. q8_0 (ggml's reference) */

@@ -1,0 +1,99 @@
+/* ggc CUDA: the matrix-vector product of quantized weights and 8-bit activations (decode).
+ *
+ * Batch-1 decode is bound by reading the weights once, so what matters is how many weight bytes
+ * each multiprocessor keeps in flight and how little else sits on the path. One warp owns R rows
+ * (R grows with the column count so that more rows share each activation load). Each lane takes
+ * 32-element sub-blocks lane, lane + 32, ... of its rows and decodes them straight from global
+ * memory (ggc_q8dec, 2- or 4-byte loads as the block format allows): U sub-blocks a row are
+ * decoded before any is used, so a warp issues R * U * 32 sub-blocks' loads at once (for a
+ * 4096-wide q4_0 row that is the whole row in one go) and no staging through shared memory,
+ * barrier or byte-wise copy of unaligned edges stands between DRAM and the integer dots.
+ *
+ * Activations are the q8a rows of the work buffer (int8 quants, a float4 {d, d*sum(lo16),
+ * d*sum(hi16), 0} per 32 elements); they are small and shared by all rows, so they come through
+ * the read-only cache. Included by ggc_cuda_matmul.cu (ggc_mm_args, ggc_mmv_column).
+ */
+#pragma once
+
+#include "ggc_cuda_quants.cuh"
+
+/* sub-blocks decoded per row before use: enough loads in flight, registers still bounded */
+template <int R> struct ggc_gemv_unroll {
+    static constexpr int U = R == 1 ? 4 : R == 2 ? 2 : 1;
+};
+
+template <ggc_type T, int NC>
+static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const ggc_mm_args a) {
+    constexpr int TS = ggc_cuda_tsize(T), SUBS = ggc_cuda_blck(T) / 32, R = ggc_mmv_rows(NC);
+    constexpr int U = ggc_gemv_unroll<R>::U;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int64_t row0 = ((int64_t)blockIdx.x * GGC_MMVQ_WARPS + warp) * R, z = blockIdx.y;
+    if (row0 >= a.N) return;
+    const int nr = (int)min((int64_t)R, a.N - row0);
+
+    const uint8_t *wmat = nullptr;
+    int64_t arow[NC], doff[NC];
+    bool col[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) col[c] = ggc_mmv_column(a, z, c, wmat, arow[c], doff[c]);
+    if (!col[0]) return; /* columns are filled from the first */
+    const uint8_t *__restrict__ wrow = wmat + row0 * a.nb01;
+    const int64_t K = a.K, nsub = K / 32;
+    const int8_t *__restrict__ aq = (const int8_t *)a.act;
+    const ggc_q8a_meta *__restrict__ am = (const ggc_q8a_meta *)a.act_aux;
+
+    float acc[R][NC];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[r][c] = 0.0f;
+
+    for (int64_t sb0 = lane; sb0 < nsub; sb0 += 32 * U) {
+        int q[U][R][8];
+        float2 dm[U][R][2];
+        /* every load of this step first */
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t sb = sb0 + 32 * u;
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (sb < nsub && r < nr)
+                    ggc_q8dec<T>::dec(wrow + r * a.nb01 + (sb / SUBS) * TS, (int)(sb % SUBS), q[u][r], dm[u][r]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t sb = sb0 + 32 * u;
+            if (sb >= nsub) break;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                if (!col[c]) continue;
+                const int4 *yp = (const int4 *)(aq + arow[c] * K + sb * 32);
+                const int4 y0 = __ldg(yp), y1 = __ldg(yp + 1);
+                const float4 m = __ldg((const float4 *)(am + arow[c] * nsub + sb));
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < nr) {
+                        const int *qq = q[u][r];
+                        int s0 = __dp4a(qq[0], y0.x, 0);
+                        s0 = __dp4a(qq[1], y0.y, s0);
+                        s0 = __dp4a(qq[2], y0.z, s0);
+                        s0 = __dp4a(qq[3], y0.w, s0);
+                        int s1 = __dp4a(qq[4], y1.x, 0);
+                        s1 = __dp4a(qq[5], y1.y, s1);
+                        s1 = __dp4a(qq[6], y1.z, s1);
+                        s1 = __dp4a(qq[7], y1.w, s1);
+                        const float2 d0 = dm[u][r][0], d1 = dm[u][r][1];
+                        acc[r][c] += m.x * (d0.x * (float)s0 + d1.x * (float)s1) + d0.y * m.y + d1.y * m.z;
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const float v = ggc_warp_sum(acc[r][c]);
+            if (lane == 0 && r < nr && col[c]) *(float *)(a.dst + doff[c] + (row0 + r) * a.nbd0) = v;
+        }
+}
