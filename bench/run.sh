@@ -28,7 +28,8 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 GGC_CACHE=${GGC_CACHE:-$W/ca
 # a kernel library built before (carried in .bench/cuda) saves its nvcc time here
 if [ -d .bench/cuda ]; then mkdir -p "$GGC_CACHE/cuda" && cp -n .bench/cuda/*.so "$GGC_CACHE/cuda/" 2>/dev/null; fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee "$W/device.txt"
-git rev-parse --short HEAD > "$W/commit.txt" 2>/dev/null || echo "?" > "$W/commit.txt"
+# the device's copy of .git may lag the tree sent: pass COMMIT=$(git rev-parse --short HEAD) from here
+echo "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}" > "$W/commit.txt"
 
 # 1. the peer, in the background
 LLAMA_DIR=$W/llama.cpp
