@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes as C
+import functools
 import os
 import shutil
 import subprocess
@@ -59,6 +60,8 @@ class CProgram:
         L.ggc_model_reset_state.argtypes = [C.c_void_p]
         L.ggc_model_set_threads.argtypes = [C.c_void_p, C.c_int]
         L.ggc_model_set_threads.restype = C.c_int
+        L.ggc_model_last_run_ms.restype, L.ggc_model_last_run_ms.argtypes = C.c_double, [C.c_void_p]
+        L.ggc_model_profile_graph.argtypes = [C.c_void_p, C.c_int, C.POINTER(C.c_float)]
         if L.ggc_model_arena_size() != self.plan.size:
             raise GgcError(f"{lib_path}: the built program does not match its plan")
         self.m = L.ggc_model_create()
@@ -96,27 +99,39 @@ class CProgram:
     def set_many(self, values: dict[Tensor, bytes], graph: int = 0) -> None:
         """Write several inputs with one copy when they sit together in the io region (one transfer
         to the GPU per step instead of one per input); otherwise one write each."""
-        p = self.plans[graph]
-        spans = sorted((p.offset_of(t), t, data) for t, data in values.items())
-        lo = spans[0][0]
-        hi = max(off + len(data) for off, _, data in spans)
-        ids = {t.id for t in values}
-        io_lo, io_hi = p.region_offset["io"], p.region_offset["io"] + p.region_size["io"]
-        others = any(b.region == "io" and b.tensor.id not in ids
-                     and p.region_offset["io"] + b.offset < hi and p.region_offset["io"] + b.offset + b.size > lo
-                     for b in p.buffers.values())
-        if others or lo < io_lo or hi > io_hi or len(spans) == 1:
+        span = self._input_span(graph, frozenset(t.id for t in values))
+        if span is None:
             for t, data in values.items():
                 self.set(t, data, graph)
             return
+        lo, hi = span
+        p = self.plans[graph]
         buf = bytearray(hi - lo)  # the gaps are padding between these inputs: nothing else lives there
-        for off, t, data in spans:
+        for t, data in values.items():
             if len(data) != t.nbytes:
                 raise GgcError(f"{t.label()}: {len(data)} bytes given, the tensor spans {t.nbytes}")
-            buf[off - lo : off - lo + len(data)] = data
+            off = p.offset_of(t) - lo
+            buf[off : off + len(data)] = data
         raw = (C.c_char * len(buf)).from_buffer(buf)
         if self.lib.ggc_model_write(self.m, lo, raw, len(buf)) != 0:
             raise GgcError("writing the inputs into the arena failed")
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - one entry per (graph, input set); the program lives long
+    def _input_span(self, graph: int, ids: frozenset[int]) -> tuple[int, int] | None:
+        """[lo, hi) of the arena that these inputs fill, when it is inside the io region and holds
+        no other buffer; None otherwise (or for a single input). Computed once per input set."""
+        p = self.plans[graph]
+        if len(ids) < 2:
+            return None
+        ts = [p.graph.tensors[i] for i in ids]
+        lo = min(p.offset_of(t) for t in ts)
+        hi = max(p.offset_of(t) + t.nbytes for t in ts)
+        io = p.region_offset["io"]
+        if lo < io or hi > io + p.region_size["io"]:
+            return None
+        others = any(b.region == "io" and b.tensor.id not in ids and io + b.offset < hi and io + b.offset + b.size > lo
+                     for b in p.buffers.values())
+        return None if others else (lo, hi)
 
     def get(self, t: Tensor, graph: int = 0) -> bytes:
         buf = C.create_string_buffer(t.nbytes)
@@ -140,15 +155,12 @@ class CProgram:
 
     def last_run_ms(self) -> float:
         """Device time of the last run(), in ms (CUDA events on the CUDA target)."""
-        fn = self.lib.ggc_model_last_run_ms
-        fn.restype, fn.argtypes = C.c_double, [C.c_void_p]
-        return float(fn(self.m))
+        return float(self.lib.ggc_model_last_run_ms(self.m))
 
     def profile(self, graph: int = 0) -> list[float]:
         """Run a graph's kernel groups one by one; the time each took, in ms."""
         n = len(self.plans[graph].groups)
         ms = (C.c_float * max(n, 1))()
-        self.lib.ggc_model_profile_graph.argtypes = [C.c_void_p, C.c_int, C.POINTER(C.c_float)]
         self._check(self.lib.ggc_model_profile_graph(self.m, graph, ms))
         return list(ms[:n])
 

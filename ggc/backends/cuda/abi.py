@@ -159,6 +159,10 @@ def load_library() -> C.CDLL:
         lib.ggc_cuda_run_node.restype = C.c_int
         lib.ggc_cuda_run_node.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(CNode), C.POINTER(C.c_size_t),
                                           C.c_size_t, C.c_char_p, C.c_size_t, C.c_int64]
+        lib.ggc_cuda_bench_node.restype = C.c_int
+        lib.ggc_cuda_bench_node.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(CNode), C.POINTER(C.c_size_t),
+                                            C.c_size_t, C.c_int, C.c_int, C.POINTER(C.c_float), C.c_char_p,
+                                            C.c_size_t]
         _LIBS[path] = lib
     return _LIBS[path]
 
@@ -194,9 +198,8 @@ def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib
     if bench is None:
         rc = lib.ggc_cuda_run_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err), n_kv)
     else:
-        lib.ggc_cuda_bench_node.restype = C.c_int
-        rc = lib.ggc_cuda_bench_node(fn_ptr, work_ptr, C.byref(node), sizes, C.c_size_t(t.nbytes), bench[0], bench[1],
-                                     C.byref(ms), err, C.c_size_t(len(err)))
+        rc = lib.ggc_cuda_bench_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, bench[0], bench[1],
+                                     C.byref(ms), err, len(err))
     if rc != 0:
         raise GgcError(f"{t.label()}: {name} failed on the GPU ({rc}): {err.value.decode(errors='replace')}")
     return dst.raw, ms.value

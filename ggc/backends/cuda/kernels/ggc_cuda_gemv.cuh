@@ -72,19 +72,7 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
                 const float4 m = __ldg((const float4 *)(am + arow[c] * nsub + sb));
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    if (r < nr) {
-                        const int *qq = q[u][r];
-                        int s0 = __dp4a(qq[0], y0.x, 0);
-                        s0 = __dp4a(qq[1], y0.y, s0);
-                        s0 = __dp4a(qq[2], y0.z, s0);
-                        s0 = __dp4a(qq[3], y0.w, s0);
-                        int s1 = __dp4a(qq[4], y1.x, 0);
-                        s1 = __dp4a(qq[5], y1.y, s1);
-                        s1 = __dp4a(qq[6], y1.z, s1);
-                        s1 = __dp4a(qq[7], y1.w, s1);
-                        const float2 d0 = dm[u][r][0], d1 = dm[u][r][1];
-                        acc[r][c] += m.x * (d0.x * (float)s0 + d1.x * (float)s1) + d0.y * m.y + d1.y * m.z;
-                    }
+                    if (r < nr) acc[r][c] += ggc_q8a_dot(q[u][r], y0, y1, m, dm[u][r][0], dm[u][r][1]);
                 }
             }
         }

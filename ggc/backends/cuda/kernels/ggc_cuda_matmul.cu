@@ -315,18 +315,7 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_mmvq(const g
                 const float4 m = __ldg((const float4 *)(am + arow[c] * nsub + sb));
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    if (r < nr) {
-                        int s0 = __dp4a(q[r][0], y0.x, 0);
-                        s0 = __dp4a(q[r][1], y0.y, s0);
-                        s0 = __dp4a(q[r][2], y0.z, s0);
-                        s0 = __dp4a(q[r][3], y0.w, s0);
-                        int s1 = __dp4a(q[r][4], y1.x, 0);
-                        s1 = __dp4a(q[r][5], y1.y, s1);
-                        s1 = __dp4a(q[r][6], y1.z, s1);
-                        s1 = __dp4a(q[r][7], y1.w, s1);
-                        acc[r][c] += m.x * (dm[r][0].x * (float)s0 + dm[r][1].x * (float)s1) + dm[r][0].y * m.y +
-                                     dm[r][1].y * m.z;
-                    }
+                    if (r < nr) acc[r][c] += ggc_q8a_dot(q[r], y0, y1, m, dm[r][0], dm[r][1]);
                 }
             }
         }

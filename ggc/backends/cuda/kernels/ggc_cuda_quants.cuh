@@ -524,6 +524,22 @@ static inline size_t ggc_q8a_size(int64_t rows, int64_t k) {
     return (size_t)rows * (size_t)k + (size_t)rows * (size_t)(k / 32) * sizeof(ggc_q8a_meta);
 }
 
+/* One 32-element sub-block: a weight decoded by ggc_q8dec (q, scale/min of each half in d0, d1)
+ * against q8a activations (quants y0, y1 and meta m): the integer dots of the two halves through
+ * __dp4a, then the float terms in a fixed order (every matrix-vector kernel sums the same way). */
+static __device__ __forceinline__ float ggc_q8a_dot(const int q[8], int4 y0, int4 y1, float4 m, float2 d0,
+                                                    float2 d1) {
+    int s0 = __dp4a(q[0], y0.x, 0);
+    s0 = __dp4a(q[1], y0.y, s0);
+    s0 = __dp4a(q[2], y0.z, s0);
+    s0 = __dp4a(q[3], y0.w, s0);
+    int s1 = __dp4a(q[4], y1.x, 0);
+    s1 = __dp4a(q[5], y1.y, s1);
+    s1 = __dp4a(q[6], y1.z, s1);
+    s1 = __dp4a(q[7], y1.w, s1);
+    return m.x * (d0.x * (float)s0 + d1.x * (float)s1) + d0.y * m.y + d1.y * m.z;
+}
+
 /* q8_0 / q8_1 quants of a 32-element block, lane e holding x[e]: returns q[e]; d is the block's
  * unrounded scale (all lanes). The explicit _rn operations keep nvcc from contracting or
  * approximating what the CPU rounds step by step (fmaxf is exact, so the reduction order is free). */
