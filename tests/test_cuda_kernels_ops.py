@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from ggc.backends.c.abi import MAX_SRC, CNode
+from ggc.backends.c.abi import _fill as c_fill
 from ggc.backends.cuda import abi as cuda
 from ggc.capture.builder import GraphBuilder, Ref
 from ggc.ir import params as prm
@@ -238,9 +239,9 @@ def run_aliased(t: Tensor, srcs: list[bytes | None]) -> bytes:
             continue
         buf = dst if j == 0 else C.create_string_buffer(srcs[j], len(srcs[j]))
         keep.append(buf)
-        cuda._fill(node.src[j], s, buf)
+        c_fill(node.src[j], s, buf)
         sizes[j] = t.nbytes if j == 0 else len(srcs[j])
-    cuda._fill(node.dst, t, dst)
+    c_fill(node.dst, t, dst)
     for i, w in enumerate(cuda.op_param_words(t)):
         node.op_params[i] = prm.i32_from_word(w)
     err = C.create_string_buffer(512)

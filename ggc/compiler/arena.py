@@ -119,9 +119,10 @@ def region_for(t: Tensor) -> str:
     return "scratch"
 
 
-def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE) -> Plan:
+def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
+         heads: frozenset[str] = frozenset()) -> Plan:
     live = live_nodes(graph)
-    groups = make_groups(graph, live, fuse=fuse)
+    groups = make_groups(graph, live, fuse=fuse, heads=heads)
     p = Plan(graph, groups, live, reuse=reuse)
     outputs = {t.id for t in graph.outputs()}
     group_of: dict[int, int] = {t.id: g.id for g in groups for t in g.nodes}
@@ -186,11 +187,12 @@ def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE) -
     return p
 
 
-def plan_shared(graphs: list[Graph], reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE) -> list[Plan]:
+def plan_shared(graphs: list[Graph], reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
+                heads: frozenset[str] = frozenset()) -> list[Plan]:
     """Plans for graphs that run one at a time on one arena (prefill and decode of one model): the
     weights (by GGUF name) and the state (by name) are laid out once and shared; each graph's
     inputs and scratch start after them and may overlap the other graphs' (never live together)."""
-    plans = [plan(g, reuse=reuse, fuse=fuse) for g in graphs]
+    plans = [plan(g, reuse=reuse, fuse=fuse, heads=heads) for g in graphs]
     shared: dict[str, dict[str, tuple[int, Tensor]]] = {"weights": {}, "state": {}}
     offs = {"weights": 0, "state": 0}
     for p in plans:

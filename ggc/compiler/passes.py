@@ -6,7 +6,9 @@
   (the KV cache: SET_ROWS and CPY into a state tensor).
 - Kernel groups are first class: a group is a list of nodes that one kernel call computes. Here a
   group is one node, or a chain of elementwise ops that a simple rule fuses (each intermediate has
-  one consumer, the same shape, and is not an output).
+  one consumer, the same shape, and is not an output). A backend may also name row-wise ops (a
+  norm: each output row needs its whole input row) that can head such a chain: one block per row
+  then keeps the row in registers from the reduction to the last elementwise op.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ..ir.graph import Graph, Tensor
 ELEMENTWISE = frozenset({"ADD", "SUB", "MUL", "DIV", "SCALE", "UNARY", "CLAMP"})
 # Ops that never need a kernel: their result is their parent's memory seen with other strides.
 PURE_VIEWS = frozenset({"RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE"})
+# Row-wise ops that can head an elementwise chain (a backend passes the subset it can generate).
+ROW_HEADS = frozenset({"RMS_NORM", "NORM"})
 
 
 def root(t: Tensor) -> Tensor:
@@ -75,8 +79,10 @@ def live_nodes(graph: Graph) -> set[int]:
     return live
 
 
-def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE) -> list[Group]:
-    """Kernel groups in execution order; `fuse` is the set of elementwise ops that may share a loop."""
+def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE,
+                heads: frozenset[str] = frozenset()) -> list[Group]:
+    """Kernel groups in execution order; `fuse` is the set of elementwise ops that may share a loop,
+    `heads` the row-wise ops that may start one (the chain then follows the head's rows)."""
     users = graph.consumers()
     outputs = {t.id for t in graph.outputs()}
     groups: list[Group] = []
@@ -85,8 +91,9 @@ def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE
         if t.id not in live or not is_kernel(t):
             continue
         prev = current.nodes[-1] if current is not None else None
-        if (prev is not None and t.op in fuse and prev.op in fuse
-                and t.src and t.src[0] is prev and _fusable(prev, t, users, outputs)):
+        chain = prev is not None and (prev.op in fuse or (prev.op in heads and len(current.nodes) == 1))
+        if (chain and t.op in fuse and t.src and t.src[0] is prev and _fusable(prev, t, users, outputs)
+                and not (prev.op in heads and not _row_head_ok(prev))):
             current.nodes.append(t)
             continue
         current = Group(len(groups), [t])
@@ -115,3 +122,9 @@ def _fusable(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outputs: s
             and prev.view_src is None and t.view_src is None and prev.is_contiguous() and t.is_contiguous()
             and prev.type.name == "f32" and t.type.name == "f32"
             and all(s is prev or s is None or s.is_leaf or s.id != prev.id for s in t.src[1:]))
+
+
+def _row_head_ok(t: Tensor) -> bool:
+    """A norm can head a fused row group: f32 in and out, normalizing along ne0 (all ggml norms do)."""
+    src = t.src[0]
+    return src is not None and src.type.name == "f32" and t.type.name == "f32" and src.ne == t.ne

@@ -65,6 +65,10 @@ class KernelABI:
     linkage: str = ""  # 'extern "C" ' where the program is C++
     has_symbol: Callable[[str], bool] = has_symbol
     fused: Callable[[Plan, Group, int], list[str]] | None = None  # a fused group's code, or None: no fusion
+    # groups whose kernel may take its converted inputs from the work buffer as an earlier group
+    # left them (the call then gets a context with act_ready set), or None: the target has no such reuse
+    act_reuse: Callable[[Plan, Callable[[str], bool]], set[int]] | None = None
+    type_name: Callable[[Tensor], str] = lambda t: c_type_name(t.type.name)  # the C enum a tensor's table row names
 
     def kernel(self, t: Tensor) -> str:
         return self.op_prefix + kernel_name(t)[len("ggc_op_"):]
@@ -116,7 +120,7 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
     lines = [f"/* ---- graph {gi}: {g.meta.get('n_tokens', '?')} tokens */",
              f"static const ggc_tensor_info T{gi}[] = {{"]
     for t in tensors:
-        lines.append(f"    {{{t.id}, {c_string(t.name)}, {c_type_name(t.type.name)}, {{{', '.join(map(str, t.ne))}}}, "
+        lines.append(f"    {{{t.id}, {c_string(t.name)}, {abi.type_name(t)}, {{{', '.join(map(str, t.ne))}}}, "
                      f"{{{', '.join(map(str, t.nb))}}}, {p.offset_of(t)}, {t.nbytes}, {_role(p, t, outputs)}}},")
     lines.append("};")
     nodes = [t for grp in p.groups if not grp.fused for t in grp.nodes]
@@ -146,9 +150,14 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
     lines.append(f"static void run_group_{gi}(int g, ggc_node *n, void *ctx, char *arena) {{")
     lines += [f"    {abi.ctx_type} *w = ({abi.ctx_type} *)ctx;", "    (void)n; (void)w; (void)arena;",
               "    switch (g) {"]
+    reuse = abi.act_reuse(p, lambda op: abi.has_symbol(abi.work_prefix + op.lower())) if abi.act_reuse else set()
     for grp in p.groups:
         if grp.fused:
             lines.append(f"    case {grp.id}: group_{gi}_{grp.id}(arena, w); break;")
+        elif grp.id in reuse:
+            t = grp.nodes[0]
+            lines.append(f"    case {grp.id}: {{ {abi.ctx_type.removeprefix('const ')} c = *w; c.act_ready = 1; "
+                         f"{abi.kernel(t)}(&n[{nindex[t.id]}], &c); break; }}  /* {t.label()}: src1 converted */")
         else:
             t = grp.nodes[0]
             lines.append(f"    case {grp.id}: {abi.kernel(t)}(&n[{nindex[t.id]}], w); break;  /* {t.label()} */")
@@ -277,12 +286,14 @@ scratch {scratch}. The C API is in `ggc_model.h`. Inputs and outputs are raw ten
 FUSABLE = frozenset(FUSED_EXPR)
 
 
-def plan_program(graph: Graph | list[Graph], debug: bool, fuse: bool,
-                 graph_names: list[str] | None) -> tuple[list[Graph], list[str], list[Plan]]:
-    """The graphs of one program, their names, and their plans on one shared arena."""
+def plan_program(graph: Graph | list[Graph], debug: bool, fuse: bool, graph_names: list[str] | None,
+                 heads: frozenset[str] = frozenset()) -> tuple[list[Graph], list[str], list[Plan]]:
+    """The graphs of one program, their names, and their plans on one shared arena; `heads` are the
+    row-wise ops the target's fused groups may start with."""
     graphs = graph if isinstance(graph, list) else [graph]
     names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
-    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else frozenset())
+    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else frozenset(),
+                        heads=heads if fuse else frozenset())
     for p in plans:
         check(p)
     return graphs, names, plans

@@ -8,16 +8,20 @@ Fused elementwise groups become generated kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from ... import __version__
 from ...compiler.arena import Plan
-from ...compiler.passes import Group
+from ...compiler.passes import ROW_HEADS, Group
 from ...errors import GgcError
-from ...ir.graph import Graph
+from ...ir.graph import Graph, Tensor
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
+from ..c.abi import c_type_name
 from ..c.emit import (
     FUSED_EXPR,
     RUNTIME_DIR,
@@ -34,6 +38,7 @@ CUDA_KERNEL_DIR = Path(__file__).parent / "kernels"
 CUDA_RUNTIME_DIR = Path(__file__).parent / "runtime"
 C_RUNTIME_FILES = ("ggc_model.h", "ggc_program.h", "ggc_gguf.c", "ggc_main.c")
 DEFAULT_ARCHS = ("80", "86", "89", "90")
+CUDA_ROW_HEADS = ROW_HEADS  # norms that head a generated row kernel (_row_group_cuda)
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,8 +57,71 @@ def _has_cuda_symbol(name: str) -> bool:
     return name in cuda_symbols()
 
 
+def _chain_lines(p: Plan, nodes: list[Tensor], indent: str) -> list[str]:
+    """v = op(v, b) for each elementwise node, b read with ggml's broadcast at (i0, i1, i2, i3)."""
+    lines = []
+    for t in nodes:
+        b = ""
+        if len(t.src) > 1 and t.src[1] is not None:
+            s = t.src[1]
+            b = f"(*(const float *)(arena + {p.offset_of(s)} + {_index_expr(s, True)}))"
+        pr = t.params
+        expr = FUSED_EXPR[t.op].format(b=b, m=_f(pr.get("s", 0.0)), s=_f(pr.get("b", 0.0)),
+                                       lo=_f(pr.get("min", 0.0)), hi=_f(pr.get("max", 0.0)))
+        lines.append(f"{indent}v = {expr};  /* {t.label()} {t.op} */")
+    return lines
+
+
+# A row group keeps up to this many elements a thread in registers; longer rows are read twice.
+ROW_REGS = 16
+
+
+def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
+    """A norm and the elementwise chain after it: one block per row, the row held in registers
+    between the reduction and the chain (RMS_NORM: x * 1/sqrt(mean(x^2) + eps); NORM: (x - mean)
+    * 1/sqrt(var + eps); both summed in f32, as the unfused kernel does)."""
+    head, last = grp.nodes[0], grp.nodes[-1]
+    src = head.src[0]
+    ne = last.ne
+    ne0, rows = ne[0], ne[1] * ne[2] * ne[3]
+    nt = min(1024, max(32, math.ceil(ne0 / 128) * 32))  # about 4 elements a thread, whole warps
+    per = math.ceil(ne0 / nt)
+    cache = per <= ROW_REGS
+    eps = _f(head.params.get("eps", 0.0))
+    name = f"group_{gi}_{grp.id}"
+    load = f"*(const float *)(arena + {p.offset_of(src)} + {_index_expr(src, False)})"
+    idx = (f"const int64_t i0 = threadIdx.x + (int64_t)k * {nt}; if (i0 >= {ne0}) break;")
+    lines = [f"/* fused rows: {' -> '.join(t.op for t in grp.nodes)} ({last.label()}) */",
+             f"__global__ void __launch_bounds__({nt}) {name}_kernel(char *arena) {{",
+             "    __shared__ float red[32];",
+             "    const int64_t r = blockIdx.x;",
+             f"    const int64_t i1 = r % {ne[1]}, i2 = (r / {ne[1]}) % {ne[2]}, i3 = r / {ne[1] * ne[2]};",
+             f"    float x[{per if cache else 1}], s = 0.0f, mean = 0.0f;",
+             "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}",
+             f"        const float a = {load};"]
+    lines += [f"        x[{'k' if cache else 0}] = a;"] if cache else []
+    lines += ["        s += a;" if head.op == "NORM" else "        s = fmaf(a, a, s);", "    }",
+              "    s = ggc_block_sum(s, red);"]
+    if head.op == "NORM":
+        lines += [f"    mean = s / {ne0}.0f;", "    s = 0.0f;",
+                  "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}",
+                  f"        const float a = {'x[k]' if cache else load} - mean;", "        s = fmaf(a, a, s);", "    }",
+                  "    s = ggc_block_sum(s, red);"]
+    lines += [f"    const float scale = 1.0f / sqrtf(s / {ne0}.0f + {eps}f);",
+              "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}",
+              f"        float v = ({'x[k]' if cache else load} - mean) * scale;  /* {head.label()} {head.op} */"]
+    lines += _chain_lines(p, grp.nodes[1:], "        ")
+    lines += [f"        *(float *)(arena + {p.offset_of(last)} + {_index_expr(last, False)}) = v;", "    }", "}",
+              f"static void {name}(char *arena, const ggc_cuda_ctx *c) {{",
+              f"    {name}_kernel<<<{rows}, {nt}, 0, c->stream>>>(arena);", "}", ""]
+    return lines
+
+
 def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
-    """A generated kernel for a chain of elementwise ops: one thread per element."""
+    """A generated kernel for a chain of elementwise ops (one thread per element), or for a norm
+    heading one (one block per row)."""
+    if grp.nodes[0].op in CUDA_ROW_HEADS:
+        return _row_group_cuda(p, grp, gi)
     first, last = grp.nodes[0], grp.nodes[-1]
     ne = last.ne
     n = ne[0] * ne[1] * ne[2] * ne[3]
@@ -66,23 +134,53 @@ def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
              f"i3 = i / {ne[0] * ne[1] * ne[2]};",
              f"    float v = *(const float *)(arena + {p.offset_of(first.src[0])} + "
              f"{_index_expr(first.src[0], True)});"]
-    for t in grp.nodes:
-        b = ""
-        if len(t.src) > 1 and t.src[1] is not None:
-            s = t.src[1]
-            b = f"(*(const float *)(arena + {p.offset_of(s)} + {_index_expr(s, True)}))"
-        pr = t.params
-        expr = FUSED_EXPR[t.op].format(b=b, m=_f(pr.get("s", 0.0)), s=_f(pr.get("b", 0.0)),
-                                       lo=_f(pr.get("min", 0.0)), hi=_f(pr.get("max", 0.0)))
-        lines.append(f"    v = {expr};  /* {t.label()} {t.op} */")
+    lines += _chain_lines(p, grp.nodes, "    ")
     lines += [f"    *(float *)(arena + {p.offset_of(last)} + {_index_expr(last, False)}) = v;", "}",
               f"static void {name}(char *arena, const ggc_cuda_ctx *c) {{",
               f"    {name}_kernel<<<{(n + 255) // 256}, 256, 0, c->stream>>>(arena);", "}", ""]
     return lines
 
 
+def _act_reuse(p: Plan, uses_work: Callable[[str], bool]) -> set[int]:
+    """MUL_MAT groups whose src1 the previous MUL_MAT converted already (the same tensor and weight
+    type, so the same conversion: q8 activations for the matrix-vector path, f16 for the tensor-core
+    one) with no group in between that writes the work buffer: Q, K and V of one norm, gate and up."""
+    out: set[int] = set()
+    last: tuple[int, str] | None = None
+    for grp in p.groups:
+        t = grp.nodes[0]
+        if grp.fused:
+            continue  # generated kernels use no work memory
+        if t.op == "MUL_MAT":
+            key = (t.src[1].id, t.src[0].type.name)
+            if key == last:
+                out.add(grp.id)
+            last = key
+        elif uses_work(t.op):
+            last = None
+    return out
+
+
+def regrouped_weights(plans: list[Plan]) -> set[str]:
+    """The q4_0 weights (GGUF names) that the program keeps regrouped by 8 blocks (GGC_TYPE_Q4_0R8, one
+    aligned 16-byte load per block's quants): those that only matrix products read, as their first
+    source, in every graph, with rows of whole 8-block groups."""
+    ok: dict[str, bool] = {}
+    for p in plans:
+        users = p.graph.consumers()
+        for t in p.graph.leafs:
+            if "weight" not in t.flags or t.type.name != "q4_0" or t.data is None:
+                continue
+            good = (t.ne[0] % 256 == 0 and t.is_contiguous()
+                    and all(u.op == "MUL_MAT" and u.src[0] is t and u.src[1] is not t
+                            for u in users[t.id] if u.id in p.live))
+            ok[t.data.name] = ok.get(t.data.name, True) and good
+    return {n for n, good in ok.items() if good}
+
+
 CUDA_ABI = KernelABI(op_prefix="ggc_cuda_op_", work_prefix="ggc_cuda_work_", ctx_type="const ggc_cuda_ctx",
-                     linkage='extern "C" ', has_symbol=_has_cuda_symbol, fused=_fused_group_cuda)
+                     linkage='extern "C" ', has_symbol=_has_cuda_symbol, fused=_fused_group_cuda,
+                     act_reuse=_act_reuse)
 
 MAKEFILE = """\
 # Build the generated CUDA program: `make` gives ./{name} (a CLI) and lib{name}.so (the C API).
@@ -129,14 +227,24 @@ replayed. The C API is in `ggc_model.h`; tensors live on the GPU (ggc_model_writ
 
 def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "model", debug: bool = False,
                  fuse: bool = True, source: str = "", graph_names: list[str] | None = None,
-                 archs: tuple[str, ...] = DEFAULT_ARCHS, reuse_existing: bool = False) -> CompiledC:
-    """compile_c's twin for CUDA: the same plan and tables, CUDA kernels and runtime."""
+                 archs: tuple[str, ...] = DEFAULT_ARCHS, reuse_existing: bool = False,
+                 regroup_q4_0: bool = True) -> CompiledC:
+    """compile_c's twin for CUDA: the same plan and tables, CUDA kernels and runtime. regroup_q4_0:
+    q4_0 weights that only matrix products read are loaded regrouped (see regrouped_weights)."""
     out = Path(out)
-    graphs, names, plans = plan_program(graph, debug, fuse, graph_names)
+    graphs, names, plans = plan_program(graph, debug, fuse, graph_names, heads=CUDA_ROW_HEADS)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))
-    program, _ = emit_program(plans, names, source, abi=CUDA_ABI, header="ggc_cuda.cuh")
+    regroup = regrouped_weights(plans) if regroup_q4_0 else set()
+
+    def type_name(t: Tensor) -> str:
+        if t.is_leaf and t.data is not None and t.data.name in regroup:
+            return "GGC_TYPE_Q4_0R8"
+        return c_type_name(t.type.name)
+
+    abi = dataclasses.replace(CUDA_ABI, type_name=type_name)
+    program, _ = emit_program(plans, names, source, abi=abi, header="ggc_cuda.cuh")
     program = program.replace('#include "ggc_cuda.cuh"', '#include "ggc_cuda.cuh"\n#include "ggc_program.h"')
     copies = [(C_KERNEL_DIR / f, f"kernels/{f}") for f in ("ggc.h", "ggc_core.c")]
     copies += [(f, f"kernels/{f.name}") for f in sorted(CUDA_KERNEL_DIR.iterdir())

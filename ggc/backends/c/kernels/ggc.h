@@ -40,7 +40,12 @@ typedef enum {
     GGC_TYPE_F32, GGC_TYPE_F16, GGC_TYPE_BF16, GGC_TYPE_I8, GGC_TYPE_I16, GGC_TYPE_I32, GGC_TYPE_I64,
     GGC_TYPE_F64, GGC_TYPE_Q4_0, GGC_TYPE_Q4_1, GGC_TYPE_Q5_0, GGC_TYPE_Q5_1, GGC_TYPE_Q8_0,
     GGC_TYPE_Q8_1, GGC_TYPE_Q2_K, GGC_TYPE_Q3_K, GGC_TYPE_Q4_K, GGC_TYPE_Q5_K, GGC_TYPE_Q6_K,
-    GGC_TYPE_Q8_K, GGC_TYPE_COUNT
+    GGC_TYPE_Q8_K, GGC_TYPE_COUNT,
+    /* A layout for GPU programs only (the C kernels never see it): q4_0 rows regrouped by 8 blocks,
+     * the 8 f16 scales (16 bytes) then the 8 blocks' 16 quant bytes each, 144 bytes a group, so that
+     * every block's quants are one aligned 16-byte load. Same bytes a row as q4_0; the GGUF loader
+     * makes it from q4_0 (ggc_gguf.c). */
+    GGC_TYPE_Q4_0R8 = 32
 } ggc_type;
 
 typedef struct {

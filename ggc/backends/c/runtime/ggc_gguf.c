@@ -147,6 +147,23 @@ static const char *TYPE_NAMES[GGC_TYPE_COUNT] = {
     "q8_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K",
 };
 
+static const char *type_name(int t) {
+    return t >= 0 && t < GGC_TYPE_COUNT ? TYPE_NAMES[t] : t == GGC_TYPE_Q4_0R8 ? "q4_0 (regrouped by 8 blocks)" : "?";
+}
+
+/* q4_0 rows -> GGC_TYPE_Q4_0R8 in place: per group of 8 blocks {d, qs[16]} x 8 becomes d x 8, qs[16] x 8 */
+static void regroup_q4_0(char *data, size_t nbytes) {
+    enum { BLK = 18, GROUP = 8 * BLK };
+    char tmp[GROUP];
+    for (size_t g = 0; g + GROUP <= nbytes; g += GROUP) {
+        memcpy(tmp, data + g, GROUP);
+        for (int b = 0; b < 8; b++) {
+            memcpy(data + g + 2 * b, tmp + BLK * b, 2);
+            memcpy(data + g + 16 + 16 * b, tmp + BLK * b + 2, 16);
+        }
+    }
+}
+
 /* the weights of every graph, each GGUF tensor once (graphs share them at the same offset) */
 static int n_weights(void) {
     int n = 0;
@@ -223,9 +240,10 @@ static int load(reader *r, char *arena) {
             goto done;
         }
         int type = ggc_type_of_gguf(t->type);
-        if (type != w->type) {
+        const int regroup = w->type == GGC_TYPE_Q4_0R8 && type == GGC_TYPE_Q4_0;
+        if (type != (int)w->type && !regroup) {
             fail(r, "tensor '%s' has GGUF type %u (%s), the program expects %s", w->name, t->type,
-                 type >= 0 ? TYPE_NAMES[type] : "unsupported", TYPE_NAMES[w->type]);
+                 type >= 0 ? TYPE_NAMES[type] : "unsupported", type_name(w->type));
             goto done;
         }
         for (int d = 0; d < MAX_DIMS; d++)
@@ -247,6 +265,7 @@ static int load(reader *r, char *arena) {
             fail(r, "tensor '%s': read error", w->name);
             goto done;
         }
+        if (regroup) regroup_q4_0(arena + w->offset, w->nbytes);  /* whole rows of whole groups: the compiler's choice */
     }
     rc = 0;
 done:

@@ -35,6 +35,8 @@ struct ggc_cuda_ctx {
     size_t work_size; /* bytes of work */
     int64_t n_kv;     /* KV cells attended at run time; 0 = all */
     int n_sm;         /* streaming multiprocessors of the device (0 = unknown) */
+    int act_ready;    /* MUL_MAT: the work buffer holds src1 converted already (by the previous MUL_MAT of
+                         the same src1 and weight type; the generated program decides) */
 };
 
 /* ---- error checking (host) */
@@ -84,7 +86,7 @@ static __device__ __forceinline__ void ggc_store_f(void *p, ggc_type t, float v)
 
 /* elements per block and bytes per block of a type, usable in device code and templates */
 static __host__ __device__ constexpr int ggc_cuda_blck(ggc_type t) {
-    return t == GGC_TYPE_Q4_0 || t == GGC_TYPE_Q4_1 || t == GGC_TYPE_Q5_0 || t == GGC_TYPE_Q5_1 ||
+    return t == GGC_TYPE_Q4_0 || t == GGC_TYPE_Q4_0R8 || t == GGC_TYPE_Q4_1 || t == GGC_TYPE_Q5_0 || t == GGC_TYPE_Q5_1 ||
                    t == GGC_TYPE_Q8_0 || t == GGC_TYPE_Q8_1
                ? GGC_QK
            : t == GGC_TYPE_Q2_K || t == GGC_TYPE_Q3_K || t == GGC_TYPE_Q4_K || t == GGC_TYPE_Q5_K ||
@@ -95,7 +97,7 @@ static __host__ __device__ constexpr int ggc_cuda_blck(ggc_type t) {
 static __host__ __device__ constexpr int ggc_cuda_tsize(ggc_type t) {
     return t == GGC_TYPE_F32 ? 4 : t == GGC_TYPE_F16 ? 2 : t == GGC_TYPE_BF16 ? 2 : t == GGC_TYPE_I8 ? 1
          : t == GGC_TYPE_I16 ? 2 : t == GGC_TYPE_I32 ? 4 : t == GGC_TYPE_I64 ? 8 : t == GGC_TYPE_F64 ? 8
-         : t == GGC_TYPE_Q4_0 ? 18 : t == GGC_TYPE_Q4_1 ? 20 : t == GGC_TYPE_Q5_0 ? 22 : t == GGC_TYPE_Q5_1 ? 24
+         : t == GGC_TYPE_Q4_0 || t == GGC_TYPE_Q4_0R8 ? 18 : t == GGC_TYPE_Q4_1 ? 20 : t == GGC_TYPE_Q5_0 ? 22 : t == GGC_TYPE_Q5_1 ? 24
          : t == GGC_TYPE_Q8_0 ? 34 : t == GGC_TYPE_Q8_1 ? 36 : t == GGC_TYPE_Q2_K ? 84 : t == GGC_TYPE_Q3_K ? 110
          : t == GGC_TYPE_Q4_K ? 144 : t == GGC_TYPE_Q5_K ? 176 : t == GGC_TYPE_Q6_K ? 210 : t == GGC_TYPE_Q8_K ? 292
          : 0;
@@ -170,6 +172,20 @@ static __device__ __forceinline__ float ggc_warp_max(float v) {
 static __device__ __forceinline__ int ggc_warp_sum_i(int v) {
 #pragma unroll
     for (int o = GGC_WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* the sum of v over the block (blockDim.x threads, a multiple of 32, y = z = 1), in every thread;
+ * red holds 32 floats of shared memory, free again when this returns */
+static __device__ __forceinline__ float ggc_block_sum(float v, float *red) {
+    v = ggc_warp_sum(v);
+    if (blockDim.x <= 32) return v;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.0f;
+    v = ggc_warp_sum(v);
+    __syncthreads();
     return v;
 }
 

@@ -24,7 +24,7 @@ template <int R> struct ggc_gemv_unroll {
 
 template <ggc_type T, int NC>
 static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const ggc_mm_args a) {
-    constexpr int TS = ggc_cuda_tsize(T), SUBS = ggc_cuda_blck(T) / 32, R = ggc_mmv_rows(NC);
+    constexpr int R = ggc_mmv_rows(NC);
     constexpr int U = ggc_gemv_unroll<R>::U;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const int64_t row0 = ((int64_t)blockIdx.x * GGC_MMVQ_WARPS + warp) * R, z = blockIdx.y;
@@ -57,8 +57,7 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
             const int64_t sb = sb0 + 32 * u;
 #pragma unroll
             for (int r = 0; r < R; r++)
-                if (sb < nsub && r < nr)
-                    ggc_q8dec<T>::dec(wrow + r * a.nb01 + (sb / SUBS) * TS, (int)(sb % SUBS), q[u][r], dm[u][r]);
+                if (sb < nsub && r < nr) ggc_q8dec_at<T>(wrow + r * a.nb01, sb, q[u][r], dm[u][r]);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {

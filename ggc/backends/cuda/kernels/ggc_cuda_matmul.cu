@@ -721,7 +721,8 @@ size_t act_bytes(mm_path p, int64_t rows, int64_t k) {
 /* src1 (any strides, f32 / f16 / bf16) into the work buffer in the path's format. With quantized
  * weights src1 goes through the CPU's quantization for that weight type (ggml-CPU quantizes it
  * before its integer dots): q8a for mmvq, dequantized f16 for mmq. */
-void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work, cudaStream_t st, ggc_mm_args &a) {
+void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work, cudaStream_t st, ggc_mm_args &a,
+                 bool ready = false) {
     const ggc_cuda_shape s = ggc_cuda_shape_of(b);
     const int64_t rows = ggc_cuda_nrows(b), k = b->ne[0];
     const int64_t nblocks = rows * (k / ggc_actq_blck(ggc_actq_of(w->type))); /* quantized weights */
@@ -729,17 +730,19 @@ void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work
     if (p == PATH_MMVQ) {
         int8_t *q = (int8_t *)work;
         ggc_q8a_meta *meta = (ggc_q8a_meta *)((char *)work + (size_t)rows * (size_t)k);
-        GGC_ACTQ_LAUNCH(w->type, ggc_k_quantize_q8a, qgrid, 256, st, (const uint8_t *)b->data, b->type, s, nblocks, q,
-                        meta);
         a.act = q;
         a.act_aux = meta;
         a.act_stride = k;
+        if (ready) return;
+        GGC_ACTQ_LAUNCH(w->type, ggc_k_quantize_q8a, qgrid, 256, st, (const uint8_t *)b->data, b->type, s, nblocks, q,
+                        meta);
         return;
     }
     const int64_t stride = p == PATH_MMVF ? round_up(k, 8) : round_up(k, GGC_MMQ_BK);
     a.act = work;
     a.act_aux = nullptr;
     a.act_stride = stride;
+    if (ready) return;
     if (p == PATH_MMQ && ggc_cuda_is_quant(w->type)) {
         GGC_ACTQ_LAUNCH(w->type, ggc_k_fake_quant_rows, qgrid, 256, st, (const uint8_t *)b->data, b->type, s, stride,
                         nblocks, (uint16_t *)work);
@@ -760,13 +763,16 @@ bool aligned16(const ggc_tensor *t) {
 typedef void (*mm_kernel)(const ggc_mm_args);
 
 template <ggc_type T> mm_kernel mmvq_kernel(int nc) {
-    /* GGC_CUDA_STAGED_MMV=1 picks the shared-memory staged kernel instead (for comparisons) */
-    static const bool staged = getenv("GGC_CUDA_STAGED_MMV") && getenv("GGC_CUDA_STAGED_MMV")[0] == '1';
-    static const mm_kernel k[8] = {ggc_k_mmvq<T, 1>, ggc_k_mmvq<T, 2>, ggc_k_mmvq<T, 3>, ggc_k_mmvq<T, 4>,
-                                   ggc_k_mmvq<T, 5>, ggc_k_mmvq<T, 6>, ggc_k_mmvq<T, 7>, ggc_k_mmvq<T, 8>};
     static const mm_kernel g[8] = {ggc_k_gemv<T, 1>, ggc_k_gemv<T, 2>, ggc_k_gemv<T, 3>, ggc_k_gemv<T, 4>,
                                    ggc_k_gemv<T, 5>, ggc_k_gemv<T, 6>, ggc_k_gemv<T, 7>, ggc_k_gemv<T, 8>};
-    return staged ? k[nc - 1] : g[nc - 1];
+    if constexpr (T != GGC_TYPE_Q4_0R8) { /* the staged kernel reads GGUF blocks only */
+        /* GGC_CUDA_STAGED_MMV=1 picks the shared-memory staged kernel instead (for comparisons) */
+        static const bool staged = getenv("GGC_CUDA_STAGED_MMV") && getenv("GGC_CUDA_STAGED_MMV")[0] == '1';
+        static const mm_kernel k[8] = {ggc_k_mmvq<T, 1>, ggc_k_mmvq<T, 2>, ggc_k_mmvq<T, 3>, ggc_k_mmvq<T, 4>,
+                                       ggc_k_mmvq<T, 5>, ggc_k_mmvq<T, 6>, ggc_k_mmvq<T, 7>, ggc_k_mmvq<T, 8>};
+        if (staged) return k[nc - 1];
+    }
+    return g[nc - 1];
 }
 typedef void (*mmvf_kernel_t)(const ggc_mm_args, bool);
 template <ggc_type T, int LPR> mmvf_kernel_t mmvf_kernel2(int nc) {
@@ -788,7 +794,7 @@ template <ggc_type T> mm_kernel mmq_kernel(int mt, bool vec) {
 }
 
 #define GGC_MM_TYPES(X)                                                                                              \
-    X(GGC_TYPE_Q4_0) X(GGC_TYPE_Q4_1) X(GGC_TYPE_Q5_0) X(GGC_TYPE_Q5_1) X(GGC_TYPE_Q8_0) X(GGC_TYPE_Q2_K)             \
+    X(GGC_TYPE_Q4_0) X(GGC_TYPE_Q4_0R8) X(GGC_TYPE_Q4_1) X(GGC_TYPE_Q5_0) X(GGC_TYPE_Q5_1) X(GGC_TYPE_Q8_0) X(GGC_TYPE_Q2_K)             \
         X(GGC_TYPE_Q3_K) X(GGC_TYPE_Q4_K) X(GGC_TYPE_Q5_K) X(GGC_TYPE_Q6_K)
 #define GGC_MM_FLOAT_TYPES(X) X(GGC_TYPE_F32) X(GGC_TYPE_F16) X(GGC_TYPE_BF16)
 
@@ -915,7 +921,7 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
     const mm_path p = choose_path(w, b->ne[1]);
     ggc_mm_args a = base_args(n);
     a.split = 1;
-    convert_act(p, b, w, ctx->work, ctx->stream, a);
+    convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     if (p == PATH_MMQ) {
         const mmq_plan pl = plan_mmq(n);
         a.split = pl.split;

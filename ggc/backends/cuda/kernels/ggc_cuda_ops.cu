@@ -202,7 +202,7 @@ inline red_cfg red_config(int64_t ne0, int64_t nrows, int64_t warp_max_ne0 = 512
         int64_t g = ggc_cdiv(nrows, 4);
         c.grid = dim3((unsigned)(g > 0x7fffffff ? 0x7fffffff : g), 1, 1);
     } else {
-        c.block = dim3(ne0 <= 8192 ? 256 : 1024, 1, 1);
+        c.block = dim3(ne0 < 2048 ? 256 : 1024, 1, 1);
         c.grid = dim3((unsigned)(nrows > 0x7fffffff ? 0x7fffffff : nrows), 1, 1);
     }
     return c;
@@ -801,11 +801,14 @@ __device__ float rope_theta(const rope_args &p, int64_t i2, int64_t pp) {
     return theta;
 }
 
-/* grid: x = token (i2 + ne2 * i3), y = pair tiles; block (pairs, heads) */
+/* grid: x = token (i2 + ne2 * i3), y = pair tiles, z = head tiles; block (pairs, heads): a decode
+ * step's one token still spreads over many blocks (a block per token alone ran its heads serially) */
 __global__ void k_rope(rope_args p) {
     const int64_t t = blockIdx.x, ne2 = p.sd.ne[2], i2 = t % ne2, i3 = t / ne2, ne1 = p.sd.ne[1];
     const int64_t pp = (int64_t)blockIdx.y * blockDim.x + threadIdx.x;
-    if (pp < p.n_pairs) {
+    const bool tiled = gridDim.z > 1;
+    const int64_t h0 = tiled ? (int64_t)blockIdx.z * blockDim.y : 0, h1 = tiled ? min(ne1, h0 + (int64_t)blockDim.y) : ne1;
+    if (pp < p.n_pairs && h0 < ne1) {
         float theta = rope_theta(p, i2, pp);
         if (p.ff) theta /= p.ff[pp];
         /* rope_yarn */
@@ -821,7 +824,7 @@ __global__ void k_rope(rope_args p) {
         }
         const float cs = cosf(th) * mscale, sn = sinf(th) * mscale;
         const int64_t j = p.first + pp * p.step;
-        for (int64_t i1 = threadIdx.y; i1 < ne1; i1 += blockDim.y) {
+        for (int64_t i1 = h0 + threadIdx.y; i1 < h1; i1 += blockDim.y) {
             const char *x = row_of(p.a, p.sa, i1, i2, i3);
             char *y = row_of(p.d, p.sd, i1, i2, i3);
             const float x0 = ggc_load_f(x + j * p.sa.nb[0], p.ta), x1 = ggc_load_f(x + (j + p.offset) * p.sa.nb[0], p.ta);
@@ -829,7 +832,7 @@ __global__ void k_rope(rope_args p) {
             ggc_store_f(y + (j + p.offset) * p.sd.nb[0], p.td, fmaf(x0, sn, x1 * cs));
         }
     }
-    if (p.copy_rest && blockIdx.y == 0) { /* channels outside the rotated span pass through */
+    if (p.copy_rest && blockIdx.y == 0 && blockIdx.z == 0) { /* channels outside the rotated span pass through */
         const int64_t nrest = p.sd.ne[0] - p.n_dims;
         const int nt = blockDim.x * blockDim.y;
         for (int64_t idx = threadIdx.y * blockDim.x + threadIdx.x; idx < ne1 * nrest; idx += nt) {
@@ -1044,8 +1047,10 @@ void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
     if (bx > 128) bx = 128;
     const int by = 128 / bx;
     const int64_t gy = p.n_pairs > 0 ? ggc_cdiv(p.n_pairs, bx) : 1;
-    if (tokens > 0x7fffffff || gy > 65535) GGC_UNSUPPORTED("ROPE grid too large");
-    k_rope<<<dim3((unsigned)tokens, (unsigned)gy, 1), dim3(bx, by, 1), 0, c->stream>>>(p);
+    /* head tiles: enough blocks to fill the GPU for one token, one tile for long batches */
+    const int64_t gz = tokens >= 64 ? 1 : ggc_cdiv(d->ne[1], by);
+    if (tokens > 0x7fffffff || gy > 65535 || gz > 65535) GGC_UNSUPPORTED("ROPE grid too large");
+    k_rope<<<dim3((unsigned)tokens, (unsigned)gy, (unsigned)gz), dim3(bx, by, 1), 0, c->stream>>>(p);
 }
 
 void ggc_cuda_op_soft_max(const ggc_node *n, const ggc_cuda_ctx *c) {

@@ -131,6 +131,23 @@ template <> struct ggc_deq<GGC_TYPE_Q4_0> {
         }
     }
 };
+/* q4_0 regrouped by 8 blocks (GGC_TYPE_Q4_0R8): block b's scale at group + 2 * (b % 8), its quants at
+ * group + 16 + 16 * (b % 8), the group at row + 144 * (b / 8); the quant words are 4-byte aligned */
+static __device__ __forceinline__ const uint8_t *ggc_r8_group(const uint8_t *row, int64_t b) { return row + 144 * (b >> 3); }
+template <> struct ggc_deq<GGC_TYPE_Q4_0R8> {
+    using raw = ggc_deq<GGC_TYPE_Q4_0>::raw;
+    static __device__ __forceinline__ void fetch(const uint8_t *row, int64_t i, raw &r) {
+        const int64_t b = i >> 5;
+        const uint8_t *g = ggc_r8_group(row, b);
+        const int j = (int)(i & 15), e = (int)(b & 7);
+        r.d = ggc_ld_u16(g + 2 * e);
+        r.q0 = *(const uint32_t *)(g + 16 + 16 * e + j);
+        r.q1 = *(const uint32_t *)(g + 20 + 16 * e + j);
+    }
+    static __device__ __forceinline__ void convert(const raw &r, int64_t i, float v[8]) {
+        ggc_deq<GGC_TYPE_Q4_0>::convert(r, i, v);
+    }
+};
 template <> struct ggc_deq<GGC_TYPE_Q4_1> {
     struct raw { uint32_t dm, q0, q1; };
     static __device__ __forceinline__ void fetch(const uint8_t *row, int64_t i, raw &r) {
@@ -365,6 +382,26 @@ template <> struct ggc_q8dec<GGC_TYPE_Q4_0> {
         dm[0] = dm[1] = make_float2(d, -8.0f * d);
     }
 };
+/* the sub-block sb (32 elements) of a weight row, wherever the format keeps its parts */
+template <ggc_type T>
+static __device__ __forceinline__ void ggc_q8dec_at(const uint8_t *row, int64_t sb, int q[8], float2 dm[2]) {
+    constexpr int SUBS = ggc_cuda_blck(T) / 32;
+    ggc_q8dec<T>::dec(row + (sb / SUBS) * ggc_cuda_tsize(T), (int)(sb % SUBS), q, dm);
+}
+template <>
+__device__ __forceinline__ void ggc_q8dec_at<GGC_TYPE_Q4_0R8>(const uint8_t *row, int64_t sb, int q[8], float2 dm[2]) {
+    const uint8_t *g = ggc_r8_group(row, sb);
+    const int e = (int)(sb & 7);
+    const float d = ggc_h2f((uint16_t)ggc_ld_u16(g + 2 * e));
+    const int4 v = *(const int4 *)(g + 16 + 16 * e); /* one aligned 16-byte load */
+    const int w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        q[k] = w[k] & 0x0F0F0F0F;
+        q[k + 4] = (w[k] >> 4) & 0x0F0F0F0F;
+    }
+    dm[0] = dm[1] = make_float2(d, -8.0f * d);
+}
 template <> struct ggc_q8dec<GGC_TYPE_Q4_1> {
     static __device__ __forceinline__ void dec(const uint8_t *b, int, int q[8], float2 dm[2]) {
         const float d = ggc_h2f((uint16_t)ggc_ld_u16(b)), m = ggc_h2f((uint16_t)ggc_ld_u16(b + 2));

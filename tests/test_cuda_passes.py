@@ -1,0 +1,106 @@
+"""What the CUDA emitter derives from a graph before any kernel runs (no GPU, no nvcc needed):
+norm-headed row groups, src1 conversions shared between matrix products, q4_0 weights regrouped
+for aligned loads, and the C loader's regrouping itself."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ggc.backends.c.emit import plan_program
+from ggc.backends.cuda.emit import CUDA_ROW_HEADS, _act_reuse, regrouped_weights
+from ggc.compiler.passes import ROW_HEADS, live_nodes, make_groups
+from ggc.ir.graph import Graph
+from ggc.models.quantize import tiny_model
+
+
+def _decode_graph(arch: str, quant: str) -> Graph:
+    from ggc.capture.llama import LlamaSession, SessionOptions
+
+    with LlamaSession(tiny_model(arch, quant), SessionOptions(n_ctx=256, n_batch=8)) as s:
+        return s.capture(1, 1)[0]
+
+
+@pytest.fixture(scope="module")
+def llama_q4_0() -> Graph:
+    return _decode_graph("llama", "q4_0")
+
+
+def test_norm_heads_a_row_group(llama_q4_0: Graph) -> None:
+    g = llama_q4_0
+    live = live_nodes(g)
+    plain = make_groups(g, live)
+    fused = make_groups(g, live, heads=ROW_HEADS)
+    rows = [grp for grp in fused if grp.nodes[0].op in CUDA_ROW_HEADS and grp.fused]
+    # every RMS_NORM of a llama layer (attention and FFN) and the output norm takes its weight's MUL along
+    n_norms = sum(1 for t in g.nodes if t.op == "RMS_NORM" and t.id in live)
+    assert len(rows) == n_norms > 0
+    assert all([t.op for t in grp.nodes] == ["RMS_NORM", "MUL"] for grp in rows)
+    assert len(fused) == len(plain) - n_norms
+    # without heads nothing starts at a norm
+    assert not any(grp.fused and grp.nodes[0].op == "RMS_NORM" for grp in plain)
+
+
+def test_norm_with_two_readers_stays_alone() -> None:
+    from ggc.capture.builder import GraphBuilder
+
+    with GraphBuilder() as b:
+        x = b.tensor("f32", (64, 2), "x", input=True)
+        w = b.tensor("f32", (64, 1), "w", input=True)
+        n = b.op("rms_norm", x, 1e-6)
+        y = b.op("mul", n, w)
+        z = b.op("add", y, n)  # n is read twice: it must be written, so it cannot hide in a group
+        g = b.capture(z)
+    groups = make_groups(g, live_nodes(g), heads=ROW_HEADS, fuse=frozenset({"MUL", "ADD"}))
+    assert [[t.op for t in grp.nodes] for grp in groups] == [["RMS_NORM"], ["MUL", "ADD"]]
+
+
+def test_act_reuse_q_k_v_and_gate_up(llama_q4_0: Graph) -> None:
+    _, _, plans = plan_program(llama_q4_0, False, True, None, heads=CUDA_ROW_HEADS)
+    p = plans[0]
+    reuse = _act_reuse(p, lambda op: op in ("MUL_MAT", "MUL_MAT_ID", "FLASH_ATTN_EXT"))
+    names = sorted(p.groups[i].nodes[0].name.split("-")[0] for i in reuse)
+    n_layers = sum(1 for t in llama_q4_0.nodes if t.op == "FLASH_ATTN_EXT")
+    # K and V reuse Q's conversion (one ROPE between them uses no work memory), up reuses gate's
+    assert names.count("Kcur") == names.count("Vcur") == names.count("ffn_up") == n_layers
+    assert set(names) == {"Kcur", "Vcur", "ffn_up"}
+    # a kernel that writes the work buffer in between breaks the chain
+    assert _act_reuse(p, lambda op: op != "RMS_NORM") == {
+        i for i in reuse if p.groups[i - 1].nodes[0].op == "MUL_MAT"}
+
+
+def test_regrouped_weights(llama_q4_0: Graph) -> None:
+    _, _, plans = plan_program(llama_q4_0, False, True, None)
+    names = regrouped_weights(plans)
+    mm = {t.src[0].data.name for t in llama_q4_0.nodes if t.op == "MUL_MAT" and t.src[0].type.name == "q4_0"}
+    # token_embd (read by GET_ROWS) stays as it is; every q4_0 matrix product weight is regrouped
+    assert names == mm and "token_embd.weight" not in names
+    f16 = _decode_graph("llama", "f16")
+    assert regrouped_weights(plan_program(f16, False, True, None)[2]) == set()
+
+
+def test_loader_regroups_q4_0(tmp_path: Path) -> None:
+    """ggc_gguf.c's regroup_q4_0 on random blocks: 8 scales, then 8 x 16 quant bytes, each group."""
+    from ggc.backends.c.emit import RUNTIME_DIR
+
+    src = (RUNTIME_DIR / "ggc_gguf.c").read_text()
+    start = src.index("static void regroup_q4_0")
+    body = src[start:src.index("\n}\n", start) + 3]
+    (tmp_path / "r.c").write_text("#include <string.h>\n#include <stddef.h>\n"
+                                  + body.replace("static void", "void") + "\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", str(tmp_path / "r.c"), "-o", str(tmp_path / "r.so")],
+                   check=True)
+    lib = ctypes.CDLL(str(tmp_path / "r.so"))
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (3 * 16, 18), dtype=np.uint8)  # 3 rows of 16 blocks (512 elements)
+    buf = bytearray(blocks.tobytes())
+    c = (ctypes.c_char * len(buf)).from_buffer(buf)
+    lib.regroup_q4_0(c, ctypes.c_size_t(len(buf)))
+    out = np.frombuffer(bytes(buf), np.uint8).reshape(-1, 144)
+    groups = blocks.reshape(-1, 8, 18)
+    assert (out[:, :16].reshape(-1, 8, 2) == groups[:, :, :2]).all()
+    assert (out[:, 16:].reshape(-1, 8, 16) == groups[:, :, 2:]).all()
