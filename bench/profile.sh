@@ -5,7 +5,8 @@
 #
 # ncu times every kernel on its own (--clock-control none: the clocks as the bench sees them), so the sums
 # leave out the gaps between kernels; they say which kernels cost what, not the step's wall time.
-# Env: MODELS (bench/models.py names), LLAMA=0 skips llama.cpp (no build), PREFILL=1 profiles ggc's prefill too.
+# Env: MODELS (bench/models.py names), LLAMA=0 skips llama.cpp (no build), PREFILL=1 profiles ggc's prefill too,
+# DETAIL=REGEX writes every ncu section of the first DETAIL_COUNT (8) kernels whose names match.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 W=${BENCH_DIR:-/tmp/bench}
@@ -39,6 +40,11 @@ for m in $MODELS; do
   python3 bench/ncu_table.py "$W/ncu-ggc-$m.csv" --title "ggc $m, decode step at depth 512${pf:+ (and one prefill)}" \
     >> "$OUT/profile.md"
   echo >> "$OUT/profile.md"
+  if [ -n "${DETAIL:-}" ]; then  # every section ncu has, for the first DETAIL_COUNT kernels matching DETAIL
+    stamp "ncu details: ggc $m, kernels matching $DETAIL"
+    "$NCU" --clock-control none --set full --kernel-name "regex:$DETAIL" --launch-count "${DETAIL_COUNT:-8}" \
+      --profile-from-start off --page details python3 bench/ncu_step.py "$W/$m.gguf" > "$OUT/ncu-detail-$m.txt" 2>&1
+  fi
 done
 if [ "${LLAMA:-1}" = 1 ]; then
   stamp "waiting for the llama.cpp build"; wait $BUILD

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from ggc.backends.c.abi import MAX_SRC, CNode
+from ggc.backends.c.abi import MAX_SRC, CNode, op_param_words
 from ggc.backends.c.abi import _fill as c_fill
 from ggc.backends.cuda import abi as cuda
 from ggc.capture.builder import GraphBuilder, Ref
@@ -242,7 +242,7 @@ def run_aliased(t: Tensor, srcs: list[bytes | None]) -> bytes:
         c_fill(node.src[j], s, buf)
         sizes[j] = t.nbytes if j == 0 else len(srcs[j])
     c_fill(node.dst, t, dst)
-    for i, w in enumerate(cuda.op_param_words(t)):
+    for i, w in enumerate(op_param_words(t)):
         node.op_params[i] = prm.i32_from_word(w)
     err = C.create_string_buffer(512)
     args = [C.cast(fn, C.c_void_p), C.cast(work, C.c_void_p) if work else None, C.byref(node), sizes, t.nbytes, err,

@@ -13,7 +13,7 @@ import pytest
 
 from ggc.backends.c.emit import plan_program
 from ggc.backends.cuda.emit import CUDA_ROW_HEADS, _act_reuse, regrouped_weights
-from ggc.compiler.passes import ROW_HEADS, live_nodes, make_groups
+from ggc.compiler.passes import ADD_EPILOGUES, ROW_HEADS, live_nodes, make_groups
 from ggc.ir.graph import Graph
 from ggc.models.quantize import tiny_model
 
@@ -104,3 +104,19 @@ def test_loader_regroups_q4_0(tmp_path: Path) -> None:
     groups = blocks.reshape(-1, 8, 18)
     assert (out[:, :16].reshape(-1, 8, 2) == groups[:, :, :2]).all()
     assert (out[:, 16:].reshape(-1, 8, 16) == groups[:, :, 2:]).all()
+
+
+def test_residual_add_joins_its_product(llama_q4_0: Graph) -> None:
+    g = llama_q4_0
+    live = live_nodes(g)
+    groups = make_groups(g, live, heads=ROW_HEADS, epilogues=ADD_EPILOGUES)
+    epi = [grp for grp in groups if grp.fused and grp.nodes[0].op == "MUL_MAT"]
+    assert all([t.op for t in grp.nodes] == ["MUL_MAT", "ADD"] for grp in epi)
+    names = sorted(grp.nodes[0].name.split("-")[0] for grp in epi)
+    n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
+    # attn_out + residual and ffn_out + residual in every layer; the last layer's attention output
+    # goes through GET_ROWS (out_ids) before its ADD, so that product stays alone
+    assert names.count("ffn_out") == n_layers and names.count("attn_out") == n_layers - 1
+    assert all(len(grp.outputs) == 1 and grp.outputs[0].op == "ADD" for grp in epi)
+    # Q, K, V products are read by views and ROPE, never fused with an ADD
+    assert not any(grp.nodes[0].name.startswith(("Qcur", "Kcur", "Vcur")) for grp in epi)

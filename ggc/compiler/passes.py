@@ -24,6 +24,8 @@ ELEMENTWISE = frozenset({"ADD", "SUB", "MUL", "DIV", "SCALE", "UNARY", "CLAMP"})
 PURE_VIEWS = frozenset({"RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE"})
 # Row-wise ops that can head an elementwise chain (a backend passes the subset it can generate).
 ROW_HEADS = frozenset({"RMS_NORM", "NORM"})
+# Ops whose kernel can add a same-shaped tensor to its result as it stores it (a residual ADD).
+ADD_EPILOGUES = frozenset({"MUL_MAT"})
 
 
 def root(t: Tensor) -> Tensor:
@@ -80,9 +82,10 @@ def live_nodes(graph: Graph) -> set[int]:
 
 
 def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE,
-                heads: frozenset[str] = frozenset()) -> list[Group]:
+                heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset()) -> list[Group]:
     """Kernel groups in execution order; `fuse` is the set of elementwise ops that may share a loop,
-    `heads` the row-wise ops that may start one (the chain then follows the head's rows)."""
+    `heads` the row-wise ops that may start one (the chain then follows the head's rows), and
+    `epilogues` the ops whose kernel may add the other operand of the ADD that alone reads its result."""
     users = graph.consumers()
     outputs = {t.id for t in graph.outputs()}
     groups: list[Group] = []
@@ -91,6 +94,10 @@ def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE
         if t.id not in live or not is_kernel(t):
             continue
         prev = current.nodes[-1] if current is not None else None
+        if (prev is not None and prev.op in epilogues and len(current.nodes) == 1 and t.op == "ADD"
+                and _add_epilogue_ok(prev, t, users, outputs)):
+            current.nodes.append(t)
+            continue
         chain = prev is not None and (prev.op in fuse or (prev.op in heads and len(current.nodes) == 1))
         if (chain and t.op in fuse and t.src and t.src[0] is prev and _fusable(prev, t, users, outputs)
                 and not (prev.op in heads and not _row_head_ok(prev))):
@@ -128,3 +135,13 @@ def _row_head_ok(t: Tensor) -> bool:
     """A norm can head a fused row group: f32 in and out, normalizing along ne0 (all ggml norms do)."""
     src = t.src[0]
     return src is not None and src.type.name == "f32" and t.type.name == "f32" and src.ne == t.ne
+
+
+def _add_epilogue_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
+    """t = prev + other (either order), prev read by t alone, and all three f32 in one contiguous layout, so
+    that prev's kernel can store prev + other where it would store prev, element for element."""
+    if t.src.count(prev) != 1 or len(t.src) != 2 or len(users[prev.id]) != 1 or prev.id in outputs:
+        return False
+    other = t.src[1] if t.src[0] is prev else t.src[0]
+    return (other is not None and prev.view_src is None and t.view_src is None
+            and all(x.type.name == "f32" and x.ne == t.ne and x.is_contiguous() for x in (prev, t, other)))

@@ -56,6 +56,15 @@ def has_symbol(name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Call:
+    """One library kernel call: op's kernel and op_params, writing dst from srcs."""
+
+    op: Tensor
+    dst: Tensor
+    srcs: list[Tensor | None]
+
+
+@dataclass(frozen=True)
 class KernelABI:
     """How generated code calls a target's kernels: ggc_op_<op>(node, work) for C."""
 
@@ -69,6 +78,21 @@ class KernelABI:
     # left them (the call then gets a context with act_ready set), or None: the target has no such reuse
     act_reuse: Callable[[Plan, Callable[[str], bool]], set[int]] | None = None
     type_name: Callable[[Tensor], str] = lambda t: c_type_name(t.type.name)  # the C enum a tensor's table row names
+    # a fused group that runs as one library kernel call: (the op whose kernel and params it uses,
+    # the node's dst, its sources), or None: the group is generated code (abi.fused)
+    call_node: Callable[[Group], Call | None] | None = None
+
+    def calls(self, p: Plan) -> dict[int, Call]:
+        """Each group that is a library kernel call, by group id: every unfused node, and the fused
+        groups the target runs as one call."""
+        out: dict[int, Call] = {}
+        for grp in p.groups:
+            if not grp.fused:
+                t = grp.nodes[0]
+                out[grp.id] = Call(t, t, list(t.src))
+            elif self.call_node is not None and (c := self.call_node(grp)) is not None:
+                out[grp.id] = c
+        return out
 
     def kernel(self, t: Tensor) -> str:
         return self.op_prefix + kernel_name(t)[len("ggc_op_"):]
@@ -123,44 +147,47 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
         lines.append(f"    {{{t.id}, {c_string(t.name)}, {abi.type_name(t)}, {{{', '.join(map(str, t.ne))}}}, "
                      f"{{{', '.join(map(str, t.nb))}}}, {p.offset_of(t)}, {t.nbytes}, {_role(p, t, outputs)}}},")
     lines.append("};")
-    nodes = [t for grp in p.groups if not grp.fused for t in grp.nodes]
-    nindex = {t.id: i for i, t in enumerate(nodes)}
+    calls = abi.calls(p)
+    nindex = {gid: i for i, gid in enumerate(calls)}  # node index of each called group
     lines.append(f"static const ggc_node_desc N{gi}[] = {{")
-    for t in nodes:
+    for c in calls.values():
+        t = c.op
         fn = abi.kernel(t)
         if not abi.has_symbol(fn):
             raise GgcError(f"{t.label()}: the {'C' if abi is C_ABI else 'CUDA'} backend has no kernel for {t.op}"
                            + (f" {t.params.get('op')}" if t.op in ("UNARY", "GLU") else ""))
-        srcs = [tindex[s.id] if s is not None else -1 for s in t.src] + [-1] * (10 - len(t.src))
+        srcs = [tindex[s.id] if s is not None else -1 for s in c.srcs] + [-1] * (10 - len(c.srcs))
         words = ", ".join(str(prm.i32_from_word(w)) for w in op_param_words(t))
-        lines.append(f"    /* {t.label()} {t.op} */ {{{tindex[t.id]}, {{{', '.join(map(str, srcs))}}}, {{{words}}}}},")
-    if not nodes:
+        note = f"{t.label()} {t.op}" + (f" -> {c.dst.label()}" if c.dst is not t else "")
+        lines.append(f"    /* {note} */ {{{tindex[c.dst.id]}, {{{', '.join(map(str, srcs))}}}, {{{words}}}}},")
+    if not calls:
         lines.append("    {0, {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1}, {0}},")
     lines += ["};", ""]
     for grp in p.groups:
-        if grp.fused:
+        if grp.fused and grp.id not in calls:
             assert abi.fused is not None, "a fused group on a target without fusion"
             lines += abi.fused(p, grp, gi)
     lines.append(f"static size_t work_size_{gi}(const ggc_node *n) {{")
     lines.append("    size_t w = 0, s;")
-    for t in nodes:
-        if abi.has_symbol(f"{abi.work_prefix}{t.op.lower()}"):
-            lines.append(f"    s = {abi.work_prefix}{t.op.lower()}(&n[{nindex[t.id]}]);  if (s > w) w = s;")
+    for gid, c in calls.items():
+        if abi.has_symbol(f"{abi.work_prefix}{c.op.op.lower()}"):
+            lines.append(f"    s = {abi.work_prefix}{c.op.op.lower()}(&n[{nindex[gid]}]);  if (s > w) w = s;")
     lines += ["    (void)n; (void)s;", "    return w;", "}", ""]
     lines.append(f"static void run_group_{gi}(int g, ggc_node *n, void *ctx, char *arena) {{")
     lines += [f"    {abi.ctx_type} *w = ({abi.ctx_type} *)ctx;", "    (void)n; (void)w; (void)arena;",
               "    switch (g) {"]
     reuse = abi.act_reuse(p, lambda op: abi.has_symbol(abi.work_prefix + op.lower())) if abi.act_reuse else set()
     for grp in p.groups:
-        if grp.fused:
+        c = calls.get(grp.id)
+        if c is None:
             lines.append(f"    case {grp.id}: group_{gi}_{grp.id}(arena, w); break;")
-        elif grp.id in reuse:
-            t = grp.nodes[0]
+            continue
+        call = f"{abi.kernel(c.op)}(&n[{nindex[grp.id]}]"
+        if grp.id in reuse:
             lines.append(f"    case {grp.id}: {{ {abi.ctx_type.removeprefix('const ')} c = *w; c.act_ready = 1; "
-                         f"{abi.kernel(t)}(&n[{nindex[t.id]}], &c); break; }}  /* {t.label()}: src1 converted */")
+                         f"{call}, &c); break; }}  /* {c.op.label()}: src1 converted */")
         else:
-            t = grp.nodes[0]
-            lines.append(f"    case {grp.id}: {abi.kernel(t)}(&n[{nindex[t.id]}], w); break;  /* {t.label()} */")
+            lines.append(f"    case {grp.id}: {call}, w); break;  /* {c.op.label()} */")
     lines += ["    default: break;", "    }", "}", ""]
     return lines, tindex, nindex
 
@@ -177,12 +204,10 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
         lines, tindex, _ = emit_graph(p, gi, abi)
         body += lines
         tindexes.append(tindex)
-        for grp in p.groups:
-            if not grp.fused:
-                t = grp.nodes[0]
-                used.add(abi.kernel(t))
-                if abi.has_symbol(f"{abi.work_prefix}{t.op.lower()}"):
-                    works.add(t.op.lower())
+        for c in abi.calls(p).values():
+            used.add(abi.kernel(c.op))
+            if abi.has_symbol(f"{abi.work_prefix}{c.op.op.lower()}"):
+                works.add(c.op.op.lower())
     head = [
         f"/* Generated by ggc {__version__} from {source}. Do not edit: recompile the graph instead. */",
         "#include <math.h>",
@@ -197,7 +222,7 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
     head += [f"{abi.linkage}size_t {abi.work_prefix}{op}(const ggc_node *node);" for op in sorted(works)]
     tail = [f"{abi.linkage}const ggc_graph_desc GGC_GRAPHS[] = {{"]
     for gi, (p, name) in enumerate(zip(plans, names)):
-        n_nodes = sum(len(grp.nodes) for grp in p.groups if not grp.fused)
+        n_nodes = len(abi.calls(p))
         tail.append(f"    {{{c_string(name)}, T{gi}, {len(tindexes[gi])}, N{gi}, {n_nodes}, {len(p.groups)}, "
                     f"work_size_{gi}, run_group_{gi}}},")
     tail += ["};", f"{abi.linkage}const int GGC_N_GRAPHS = {len(plans)};", ""]
@@ -287,13 +312,16 @@ FUSABLE = frozenset(FUSED_EXPR)
 
 
 def plan_program(graph: Graph | list[Graph], debug: bool, fuse: bool, graph_names: list[str] | None,
-                 heads: frozenset[str] = frozenset()) -> tuple[list[Graph], list[str], list[Plan]]:
+                 heads: frozenset[str] = frozenset(),
+                 epilogues: frozenset[str] = frozenset()) -> tuple[list[Graph], list[str], list[Plan]]:
     """The graphs of one program, their names, and their plans on one shared arena; `heads` are the
-    row-wise ops the target's fused groups may start with."""
+    row-wise ops the target's fused groups may start with, `epilogues` the ops whose kernel can take
+    a residual ADD (see make_groups)."""
     graphs = graph if isinstance(graph, list) else [graph]
     names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
-    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else frozenset(),
-                        heads=heads if fuse else frozenset())
+    none: frozenset[str] = frozenset()
+    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else none, heads=heads if fuse else none,
+                        epilogues=epilogues if fuse else none)
     for p in plans:
         check(p)
     return graphs, names, plans

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...compiler.arena import Plan
-from ...compiler.passes import ROW_HEADS, Group
+from ...compiler.passes import ADD_EPILOGUES, ROW_HEADS, Group
 from ...errors import GgcError
 from ...ir.graph import Graph, Tensor
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
@@ -25,6 +25,7 @@ from ..c.abi import c_type_name
 from ..c.emit import (
     FUSED_EXPR,
     RUNTIME_DIR,
+    Call,
     CompiledC,
     KernelABI,
     _f,
@@ -39,6 +40,7 @@ CUDA_RUNTIME_DIR = Path(__file__).parent / "runtime"
 C_RUNTIME_FILES = ("ggc_model.h", "ggc_program.h", "ggc_gguf.c", "ggc_main.c")
 DEFAULT_ARCHS = ("80", "86", "89", "90")
 CUDA_ROW_HEADS = ROW_HEADS  # norms that head a generated row kernel (_row_group_cuda)
+CUDA_ADD_EPILOGUES = ADD_EPILOGUES  # products whose kernel stores through a residual ADD (_epilogue_group_cuda)
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,6 +119,16 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     return lines
 
 
+def _epilogue_call(grp: Group) -> Call | None:
+    """MUL_MAT then the ADD that alone reads it, as one call of the matrix-product kernel with the ADD's
+    other operand as src[2]: the kernel adds it as it stores, so the product never goes to memory."""
+    if grp.nodes[0].op not in CUDA_ADD_EPILOGUES:
+        return None
+    mm, add = grp.nodes
+    other = add.src[1] if add.src[0] is mm else add.src[0]
+    return Call(mm, add, [mm.src[0], mm.src[1], other])
+
+
 def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     """A generated kernel for a chain of elementwise ops (one thread per element), or for a norm
     heading one (one block per row)."""
@@ -149,9 +161,9 @@ def _act_reuse(p: Plan, uses_work: Callable[[str], bool]) -> set[int]:
     last: tuple[int, str] | None = None
     for grp in p.groups:
         t = grp.nodes[0]
-        if grp.fused:
+        if grp.fused and t.op not in CUDA_ADD_EPILOGUES:
             continue  # generated kernels use no work memory
-        if t.op == "MUL_MAT":
+        if t.op == "MUL_MAT":  # alone or storing through a residual ADD: the same conversion
             key = (t.src[1].id, t.src[0].type.name)
             if key == last:
                 out.add(grp.id)
@@ -180,7 +192,7 @@ def regrouped_weights(plans: list[Plan]) -> set[str]:
 
 CUDA_ABI = KernelABI(op_prefix="ggc_cuda_op_", work_prefix="ggc_cuda_work_", ctx_type="const ggc_cuda_ctx",
                      linkage='extern "C" ', has_symbol=_has_cuda_symbol, fused=_fused_group_cuda,
-                     act_reuse=_act_reuse)
+                     act_reuse=_act_reuse, call_node=_epilogue_call)
 
 MAKEFILE = """\
 # Build the generated CUDA program: `make` gives ./{name} (a CLI) and lib{name}.so (the C API).
@@ -232,7 +244,8 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
     """compile_c's twin for CUDA: the same plan and tables, CUDA kernels and runtime. regroup_q4_0:
     q4_0 weights that only matrix products read are loaded regrouped (see regrouped_weights)."""
     out = Path(out)
-    graphs, names, plans = plan_program(graph, debug, fuse, graph_names, heads=CUDA_ROW_HEADS)
+    graphs, names, plans = plan_program(graph, debug, fuse, graph_names, heads=CUDA_ROW_HEADS,
+                                        epilogues=CUDA_ADD_EPILOGUES)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))

@@ -52,6 +52,14 @@ struct ggc_cuda_ctx {
 /* Kernel launches are not checked in the op functions (cudaGetLastError would clear the error):
  * whoever runs the ops checks cudaGetLastError / the stream's synchronization after them. */
 
+/* a node this library cannot run (the compiler should not have emitted it) */
+#define GGC_UNSUPPORTED(...)                                                                         \
+    do {                                                                                             \
+        fprintf(stderr, "ggc cuda: unsupported: " __VA_ARGS__);                                     \
+        fputc('\n', stderr);                                                                         \
+        abort();                                                                                     \
+    } while (0)
+
 #define GGC_WARP 32
 #define GGC_QK 32 /* elements per block of the 32-element formats */
 

@@ -81,6 +81,6 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const float v = ggc_warp_sum(acc[r][c]);
-            if (lane == 0 && r < nr && col[c]) *(float *)(a.dst + doff[c] + (row0 + r) * a.nbd0) = v;
+            if (lane == 0 && r < nr && col[c]) ggc_mm_store(a, doff[c] + (row0 + r) * a.nbd0, v);
         }
 }

@@ -45,6 +45,7 @@ struct ggc_mm_args {
     int64_t ne11, ne12, ne13; /* src1 batch shape (MUL_MAT_ID: ne11, n_tok, 1) */
     uint8_t *dst;
     int64_t nbd0, nbd1, nbd2, nbd3;
+    const uint8_t *add; /* MUL_MAT's src[2], or null: dst = product + add, add laid out as dst (a residual ADD) */
     const void *act;     /* converted src1 */
     const void *act_aux; /* q8a metas (mmvq) */
     int64_t act_stride;  /* elements per converted row */
@@ -59,6 +60,12 @@ struct ggc_mm_args {
     float *partial;   /* [split][partial_rows][N] sums, or null: write dst */
     int64_t partial_rows;
 };
+
+/* a result to dst at byte offset off, through the fused residual ADD when there is one */
+static __device__ __forceinline__ void ggc_mm_store(const ggc_mm_args &a, int64_t off, float v) {
+    if (a.add) v += *(const float *)(a.add + off);
+    *(float *)(a.dst + off) = v;
+}
 
 /* The weight matrix and the src1 rows (converted-row index, dst byte offset) of matrix-vector
  * grid row z, column c. Returns false when the column does not exist (an invalid expert id, a
@@ -326,7 +333,7 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_mmvq(const g
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const float v = ggc_warp_sum(acc[r][c]);
-            if (lane == 0 && r < nr && col[c]) *(float *)(a.dst + doff[c] + (row0 + r) * a.nbd0) = v;
+            if (lane == 0 && r < nr && col[c]) ggc_mm_store(a, doff[c] + (row0 + r) * a.nbd0, v);
         }
 }
 
@@ -417,7 +424,7 @@ static __global__ void __launch_bounds__(GGC_MMVF_THREADS) ggc_k_mmvf(const ggc_
             float v = acc[r][c];
 #pragma unroll
             for (int o = LPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (sub == 0 && r < nr && col[c]) *(float *)(a.dst + doff[c] + (row0 + r) * a.nbd0) = v;
+            if (sub == 0 && r < nr && col[c]) ggc_mm_store(a, doff[c] + (row0 + r) * a.nbd0, v);
         }
 }
 
@@ -632,12 +639,12 @@ static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq(const ggc
                 }
                 continue;
             }
-            uint8_t *drow = a.dst + s_doff[m];
+            const int64_t drow = s_doff[m];
 #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
                 const int64_t n = n0 + wn * 32 + nt * 8 + (lane & 3) * 2;
-                if (n < a.N) *(float *)(drow + n * a.nbd0) = acc[mt][nt][2 * h];
-                if (n + 1 < a.N) *(float *)(drow + (n + 1) * a.nbd0) = acc[mt][nt][2 * h + 1];
+                if (n < a.N) ggc_mm_store(a, drow + n * a.nbd0, acc[mt][nt][2 * h]);
+                if (n + 1 < a.N) ggc_mm_store(a, drow + (n + 1) * a.nbd0, acc[mt][nt][2 * h + 1]);
             }
         }
 }
@@ -650,7 +657,7 @@ static __global__ void ggc_k_mmq_reduce(const ggc_mm_args a, int64_t total) {
     float sum = 0.0f;
     for (int s = 0; s < a.split; s++) sum += a.partial[(s * a.partial_rows + r) * a.N + n];
     const int64_t i11 = r % a.ne11, i12 = (r / a.ne11) % a.ne12, i13 = r / (a.ne11 * a.ne12);
-    *(float *)(a.dst + i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3 + n * a.nbd0) = sum;
+    ggc_mm_store(a, i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3 + n * a.nbd0, sum);
 }
 
 /* ------------------------------------------------------------------ MUL_MAT_ID grouping */
@@ -921,6 +928,13 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
     const mm_path p = choose_path(w, b->ne[1]);
     ggc_mm_args a = base_args(n);
     a.split = 1;
+    if (n->src[2].data) { /* a fused residual ADD: the generated program checked the layouts */
+        const ggc_tensor *r = &n->src[2], *d = &n->dst;
+        for (int i = 0; i < 4; i++)
+            if (r->ne[i] != d->ne[i] || r->nb[i] != d->nb[i] || r->type != GGC_TYPE_F32 || d->type != GGC_TYPE_F32)
+                GGC_UNSUPPORTED("MUL_MAT's added src[2] must be f32 laid out as dst");
+        a.add = (const uint8_t *)r->data;
+    }
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     if (p == PATH_MMQ) {
         const mmq_plan pl = plan_mmq(n);

@@ -34,13 +34,6 @@
 
 namespace {
 
-#define GGC_UNSUPPORTED(...)                                                                         \
-    do {                                                                                             \
-        fprintf(stderr, "ggc cuda: unsupported: " __VA_ARGS__);                                     \
-        fputc('\n', stderr);                                                                         \
-        abort();                                                                                     \
-    } while (0)
-
 /* ------------------------------------------------------------------ small helpers */
 
 __device__ __forceinline__ const char *row_of(const void *base, const ggc_cuda_shape &s, int64_t i1, int64_t i2,
