@@ -13,7 +13,7 @@ import pytest
 
 from ggc.backends.c.emit import plan_program
 from ggc.backends.cuda.emit import CUDA_ROW_HEADS, _act_reuse, regrouped_weights
-from ggc.compiler.passes import ADD_EPILOGUES, ROW_HEADS, live_nodes, make_groups
+from ggc.compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, live_nodes, make_groups
 from ggc.ir.graph import Graph
 from ggc.models.quantize import tiny_model
 
@@ -120,3 +120,22 @@ def test_residual_add_joins_its_product(llama_q4_0: Graph) -> None:
     assert all(len(grp.outputs) == 1 and grp.outputs[0].op == "ADD" for grp in epi)
     # Q, K, V products are read by views and ROPE, never fused with an ADD
     assert not any(grp.nodes[0].name.startswith(("Qcur", "Kcur", "Vcur")) for grp in epi)
+
+
+def test_gate_and_up_join_their_swiglu(llama_q4_0: Graph) -> None:
+    g = llama_q4_0
+    live = live_nodes(g)
+    groups = make_groups(g, live, heads=ROW_HEADS, epilogues=ADD_EPILOGUES, glu_pairs=GLU_PAIRS)
+    pairs = [grp for grp in groups if [t.op for t in grp.nodes] == ["MUL_MAT", "MUL_MAT", "GLU"]]
+    n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
+    assert len(pairs) == n_layers
+    assert all(grp.nodes[0].name.startswith("ffn_gate") and grp.nodes[1].name.startswith("ffn_up") for grp in pairs)
+    assert all(grp.outputs == [grp.nodes[2]] for grp in pairs)
+    # a prefill graph (8 columns) keeps its products apart (the pair kernel is matrix-vector only),
+    # except in the last layer, whose FFN sees only the one row that gives logits (out_ids)
+    from ggc.capture.llama import LlamaSession, SessionOptions
+
+    with LlamaSession(tiny_model("llama", "q4_0"), SessionOptions(n_ctx=256, n_batch=8)) as s:
+        pre = s.capture(8, 1)[0]
+    fused = [grp for grp in make_groups(pre, live_nodes(pre), glu_pairs=GLU_PAIRS) if len(grp.nodes) == 3]
+    assert [grp.nodes[0].name for grp in fused] == [f"ffn_gate-{n_layers - 1}"]

@@ -120,9 +120,10 @@ def region_for(t: Tensor) -> str:
 
 
 def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
-         heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset()) -> Plan:
+         heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
+         glu_pairs: frozenset[str] = frozenset()) -> Plan:
     live = live_nodes(graph)
-    groups = make_groups(graph, live, fuse=fuse, heads=heads, epilogues=epilogues)
+    groups = make_groups(graph, live, fuse=fuse, heads=heads, epilogues=epilogues, glu_pairs=glu_pairs)
     p = Plan(graph, groups, live, reuse=reuse)
     outputs = {t.id for t in graph.outputs()}
     group_of: dict[int, int] = {t.id: g.id for g in groups for t in g.nodes}
@@ -188,11 +189,12 @@ def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
 
 
 def plan_shared(graphs: list[Graph], reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
-                heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset()) -> list[Plan]:
+                heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
+                glu_pairs: frozenset[str] = frozenset()) -> list[Plan]:
     """Plans for graphs that run one at a time on one arena (prefill and decode of one model): the
     weights (by GGUF name) and the state (by name) are laid out once and shared; each graph's
     inputs and scratch start after them and may overlap the other graphs' (never live together)."""
-    plans = [plan(g, reuse=reuse, fuse=fuse, heads=heads, epilogues=epilogues) for g in graphs]
+    plans = [plan(g, reuse=reuse, fuse=fuse, heads=heads, epilogues=epilogues, glu_pairs=glu_pairs) for g in graphs]
     shared: dict[str, dict[str, tuple[int, Tensor]]] = {"weights": {}, "state": {}}
     offs = {"weights": 0, "state": 0}
     for p in plans:

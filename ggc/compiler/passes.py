@@ -26,6 +26,9 @@ PURE_VIEWS = frozenset({"RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE"})
 ROW_HEADS = frozenset({"RMS_NORM", "NORM"})
 # Ops whose kernel can add a same-shaped tensor to its result as it stores it (a residual ADD).
 ADD_EPILOGUES = frozenset({"MUL_MAT"})
+# Two-source GLU ops that can be computed by the two matrix-vector products feeding them, in one
+# kernel reading the shared input once (gate and up of a gated FFN at decode).
+GLU_PAIRS = frozenset({"SWIGLU"})
 
 
 def root(t: Tensor) -> Tensor:
@@ -82,16 +85,27 @@ def live_nodes(graph: Graph) -> set[int]:
 
 
 def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE,
-                heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset()) -> list[Group]:
+                heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
+                glu_pairs: frozenset[str] = frozenset()) -> list[Group]:
     """Kernel groups in execution order; `fuse` is the set of elementwise ops that may share a loop,
-    `heads` the row-wise ops that may start one (the chain then follows the head's rows), and
-    `epilogues` the ops whose kernel may add the other operand of the ADD that alone reads its result."""
+    `heads` the row-wise ops that may start one (the chain then follows the head's rows),
+    `epilogues` the ops whose kernel may add the other operand of the ADD that alone reads its result,
+    and `glu_pairs` the GLU ops (params "op") that may join the two matrix-vector products before them."""
     users = graph.consumers()
     outputs = {t.id for t in graph.outputs()}
     groups: list[Group] = []
     current: Group | None = None
-    for t in graph.nodes:
-        if t.id not in live or not is_kernel(t):
+    seq = [t for t in graph.nodes if t.id in live and is_kernel(t)]
+    skip = 0
+    for i, t in enumerate(seq):
+        if skip:
+            skip -= 1
+            continue
+        if (glu_pairs and i + 2 < len(seq) and str(seq[i + 2].params.get("op")) in glu_pairs
+                and _glu_pair_ok(t, seq[i + 1], seq[i + 2], users, outputs)):
+            current = Group(len(groups), [t, seq[i + 1], seq[i + 2]])
+            groups.append(current)
+            skip = 2
             continue
         prev = current.nodes[-1] if current is not None else None
         if (prev is not None and prev.op in epilogues and len(current.nodes) == 1 and t.op == "ADD"
@@ -145,3 +159,16 @@ def _add_epilogue_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], ou
     other = t.src[1] if t.src[0] is prev else t.src[0]
     return (other is not None and prev.view_src is None and t.view_src is None
             and all(x.type.name == "f32" and x.ne == t.ne and x.is_contiguous() for x in (prev, t, other)))
+
+
+def _glu_pair_ok(a: Tensor, b: Tensor, glu: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
+    """glu = GLU(a, b) with a = W_a x and b = W_b x two matrix-vector products (one column) of one input
+    and weights of one type and layout, each read by glu alone; all f32 and contiguous."""
+    if a.op != "MUL_MAT" or b.op != "MUL_MAT" or glu.op != "GLU" or len(glu.src) < 2:
+        return False
+    wa, wb, x = a.src[0], b.src[0], a.src[1]
+    return (glu.src[0] is a and glu.src[1] is b and b.src[1] is x and x.ne[1:] == (1, 1, 1)
+            and wa.type is wb.type and wa.ne == wb.ne and wa.nb == wb.nb and wa.ne[2:] == (1, 1)
+            and all(len(users[t.id]) == 1 and users[t.id][0] is glu and t.id not in outputs and t.view_src is None
+                    for t in (a, b))
+            and all(t.type.name == "f32" and t.is_contiguous() and t.ne == glu.ne for t in (a, b, glu)))

@@ -312,16 +312,16 @@ FUSABLE = frozenset(FUSED_EXPR)
 
 
 def plan_program(graph: Graph | list[Graph], debug: bool, fuse: bool, graph_names: list[str] | None,
-                 heads: frozenset[str] = frozenset(),
-                 epilogues: frozenset[str] = frozenset()) -> tuple[list[Graph], list[str], list[Plan]]:
+                 heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
+                 glu_pairs: frozenset[str] = frozenset()) -> tuple[list[Graph], list[str], list[Plan]]:
     """The graphs of one program, their names, and their plans on one shared arena; `heads` are the
     row-wise ops the target's fused groups may start with, `epilogues` the ops whose kernel can take
-    a residual ADD (see make_groups)."""
+    a residual ADD, `glu_pairs` the GLU ops its matrix-vector kernel computes from two products (see make_groups)."""
     graphs = graph if isinstance(graph, list) else [graph]
     names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
     none: frozenset[str] = frozenset()
     plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else none, heads=heads if fuse else none,
-                        epilogues=epilogues if fuse else none)
+                        epilogues=epilogues if fuse else none, glu_pairs=glu_pairs if fuse else none)
     for p in plans:
         check(p)
     return graphs, names, plans

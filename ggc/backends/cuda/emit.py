@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...compiler.arena import Plan
-from ...compiler.passes import ADD_EPILOGUES, ROW_HEADS, Group
+from ...compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, Group
 from ...errors import GgcError
 from ...ir.graph import Graph, Tensor
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
@@ -40,7 +40,8 @@ CUDA_RUNTIME_DIR = Path(__file__).parent / "runtime"
 C_RUNTIME_FILES = ("ggc_model.h", "ggc_program.h", "ggc_gguf.c", "ggc_main.c")
 DEFAULT_ARCHS = ("80", "86", "89", "90")
 CUDA_ROW_HEADS = ROW_HEADS  # norms that head a generated row kernel (_row_group_cuda)
-CUDA_ADD_EPILOGUES = ADD_EPILOGUES  # products whose kernel stores through a residual ADD (_epilogue_group_cuda)
+CUDA_ADD_EPILOGUES = ADD_EPILOGUES  # products whose kernel stores through a residual ADD (_matmul_call)
+CUDA_GLU_PAIRS = GLU_PAIRS  # GLUs the matrix-vector kernel computes from two products (_matmul_call)
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,11 +120,16 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     return lines
 
 
-def _epilogue_call(grp: Group) -> Call | None:
-    """MUL_MAT then the ADD that alone reads it, as one call of the matrix-product kernel with the ADD's
-    other operand as src[2]: the kernel adds it as it stores, so the product never goes to memory."""
+def _matmul_call(grp: Group) -> Call | None:
+    """Fused groups that run as one call of the matrix-product kernel, whose results never go to memory:
+    - MUL_MAT then the ADD that alone reads it: the ADD's other operand is src[2], added as it stores;
+    - two matrix-vector products then the SWIGLU of them: the second weight is src[3], the kernel
+      reads the shared input once and stores silu(first) * second."""
     if grp.nodes[0].op not in CUDA_ADD_EPILOGUES:
         return None
+    if len(grp.nodes) == 3:
+        a, b, glu = grp.nodes
+        return Call(a, glu, [a.src[0], a.src[1], None, b.src[0]])
     mm, add = grp.nodes
     other = add.src[1] if add.src[0] is mm else add.src[0]
     return Call(mm, add, [mm.src[0], mm.src[1], other])
@@ -192,7 +198,7 @@ def regrouped_weights(plans: list[Plan]) -> set[str]:
 
 CUDA_ABI = KernelABI(op_prefix="ggc_cuda_op_", work_prefix="ggc_cuda_work_", ctx_type="const ggc_cuda_ctx",
                      linkage='extern "C" ', has_symbol=_has_cuda_symbol, fused=_fused_group_cuda,
-                     act_reuse=_act_reuse, call_node=_epilogue_call)
+                     act_reuse=_act_reuse, call_node=_matmul_call)
 
 MAKEFILE = """\
 # Build the generated CUDA program: `make` gives ./{name} (a CLI) and lib{name}.so (the C API).
@@ -245,7 +251,7 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
     q4_0 weights that only matrix products read are loaded regrouped (see regrouped_weights)."""
     out = Path(out)
     graphs, names, plans = plan_program(graph, debug, fuse, graph_names, heads=CUDA_ROW_HEADS,
-                                        epilogues=CUDA_ADD_EPILOGUES)
+                                        epilogues=CUDA_ADD_EPILOGUES, glu_pairs=CUDA_GLU_PAIRS)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))

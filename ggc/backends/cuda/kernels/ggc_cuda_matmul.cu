@@ -46,6 +46,7 @@ struct ggc_mm_args {
     uint8_t *dst;
     int64_t nbd0, nbd1, nbd2, nbd3;
     const uint8_t *add; /* MUL_MAT's src[2], or null: dst = product + add, add laid out as dst (a residual ADD) */
+    const uint8_t *w2;  /* MUL_MAT's src[3], or null: dst = silu(src0 . src1) * (src3 . src1) (SWIGLU of two products) */
     const void *act;     /* converted src1 */
     const void *act_aux; /* q8a metas (mmvq) */
     int64_t act_stride;  /* elements per converted row */
@@ -805,6 +806,17 @@ template <ggc_type T> mm_kernel mmq_kernel(int mt, bool vec) {
         X(GGC_TYPE_Q3_K) X(GGC_TYPE_Q4_K) X(GGC_TYPE_Q5_K) X(GGC_TYPE_Q6_K)
 #define GGC_MM_FLOAT_TYPES(X) X(GGC_TYPE_F32) X(GGC_TYPE_F16) X(GGC_TYPE_BF16)
 
+/* one-column kernels (ggc_k_gemv1): 2 rows a block, or 1 SWIGLU row (a gate and an up row) */
+#define GGC_GEMV1_ROWS 2
+mm_kernel pick_gemv1(ggc_type t, bool swiglu) {
+    switch (t) {
+#define X(T) \
+    case T: return swiglu ? ggc_k_gemv1<T, 1, true> : ggc_k_gemv1<T, GGC_GEMV1_ROWS, false>;
+        GGC_MM_TYPES(X)
+#undef X
+    default: return nullptr;
+    }
+}
 mm_kernel pick_mmvq(ggc_type t, int nc) {
     switch (t) {
 #define X(T) \
@@ -928,6 +940,14 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
     const mm_path p = choose_path(w, b->ne[1]);
     ggc_mm_args a = base_args(n);
     a.split = 1;
+    if (n->src[3].data) { /* SWIGLU of two products of one column (the generated program checked the shapes) */
+        const ggc_tensor *w2 = &n->src[3];
+        bool ok = p == PATH_MMVQ && w2->type == w->type && b->ne[1] == 1 && b->ne[2] == 1 && b->ne[3] == 1 &&
+                  w->ne[2] == 1 && w->ne[3] == 1;
+        for (int i = 0; i < 4; i++) ok = ok && w2->ne[i] == w->ne[i] && w2->nb[i] == w->nb[i];
+        if (!ok) GGC_UNSUPPORTED("MUL_MAT with src[3] (SWIGLU): one column, quantized weights of one layout");
+        a.w2 = (const uint8_t *)w2->data;
+    }
     if (n->src[2].data) { /* a fused residual ADD: the generated program checked the layouts */
         const ggc_tensor *r = &n->src[2], *d = &n->dst;
         for (int i = 0; i < 4; i++)
@@ -948,6 +968,13 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
             const int64_t total = a.partial_rows * a.N;
             ggc_k_mmq_reduce<<<ggc_cuda_grid(total, 256), 256, 0, ctx->stream>>>(a, total);
         }
+        return;
+    }
+    const bool staged = getenv("GGC_CUDA_STAGED_MMV") && getenv("GGC_CUDA_STAGED_MMV")[0] == '1';
+    if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged)) { /* batch-1 decode */
+        const int rows = a.w2 ? 1 : GGC_GEMV1_ROWS;
+        const dim3 grid(ggc_cuda_grid(a.N, rows), (unsigned)(a.ne12 * a.ne13));
+        pick_gemv1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
         return;
     }
     const int64_t shared_cols = a.ne11 * a.r2 * a.r3;
