@@ -139,3 +139,9 @@ def test_gate_and_up_join_their_swiglu(llama_q4_0: Graph) -> None:
         pre = s.capture(8, 1)[0]
     fused = [grp for grp in make_groups(pre, live_nodes(pre), glu_pairs=GLU_PAIRS) if len(grp.nodes) == 3]
     assert [grp.nodes[0].name for grp in fused] == [f"ffn_gate-{n_layers - 1}"]
+
+
+def test_float_weights_keep_their_glu_apart() -> None:
+    g = _decode_graph("llama", "f16")
+    groups = make_groups(g, live_nodes(g), glu_pairs=GLU_PAIRS)
+    assert not any(len(grp.nodes) == 3 for grp in groups)

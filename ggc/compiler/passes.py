@@ -163,12 +163,14 @@ def _add_epilogue_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], ou
 
 def _glu_pair_ok(a: Tensor, b: Tensor, glu: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
     """glu = GLU(a, b) with a = W_a x and b = W_b x two matrix-vector products (one column) of one input
-    and weights of one type and layout, each read by glu alone; all f32 and contiguous."""
+    and quantized weights of one type and layout (the pair kernel dots 8-bit activations), each read
+    by glu alone; all f32 and contiguous."""
     if a.op != "MUL_MAT" or b.op != "MUL_MAT" or glu.op != "GLU" or len(glu.src) < 2:
         return False
     wa, wb, x = a.src[0], b.src[0], a.src[1]
     return (glu.src[0] is a and glu.src[1] is b and b.src[1] is x and x.ne[1:] == (1, 1, 1)
-            and wa.type is wb.type and wa.ne == wb.ne and wa.nb == wb.nb and wa.ne[2:] == (1, 1)
+            and wa.type is wb.type and wa.type.blck_size > 1
+            and wa.ne == wb.ne and wa.nb == wb.nb and wa.ne[2:] == (1, 1)
             and all(len(users[t.id]) == 1 and users[t.id][0] is glu and t.id not in outputs and t.view_src is None
                     for t in (a, b))
             and all(t.type.name == "f32" and t.is_contiguous() and t.ne == glu.ne for t in (a, b, glu)))
