@@ -42,6 +42,8 @@ def short(name: str) -> str:
         elif ch == "(" and depth == 0:
             cut = i
     s = name[:cut].removeprefix("void ")
+    # one row for a graph's generated kernels (group_<graph>_<group>_kernel)
+    s = re.sub(r"^group_(\d+)_\d+_kernel$", r"group_\1_*_kernel (generated)", s)
     return re.sub(r"\(ggml_type\)|\(ggc_type\)", "t", s)[:110]
 
 

@@ -226,8 +226,7 @@ class Model:
         self.program.set_n_kv(self.n_past + len(tokens))
         self.program.run(graph=gi)
         self.n_past += len(tokens)
-        out = self._logits[gi]
-        return np.frombuffer(self.program.get(out, graph=gi), dtype=np.float32).copy()
+        return self.program.get_f32(self._logits[gi], graph=gi)
 
     def eval(self, tokens: list[int]) -> np.ndarray:
         """Append tokens to the context; the logits after the last one."""

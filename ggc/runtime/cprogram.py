@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from ..backends.c.emit import CompiledC
 from ..errors import GgcError
 from ..ir.graph import Tensor
@@ -138,6 +140,17 @@ class CProgram:
         if self.lib.ggc_model_read(self.m, self.plans[graph].offset_of(t), buf, t.nbytes) != 0:
             raise GgcError(f"{t.label()}: reading from the arena failed")
         return buf.raw
+
+    def get_f32(self, t: Tensor, graph: int = 0) -> np.ndarray:
+        """An f32 tensor's values, read straight into a new array (no intermediate bytes: the logits
+        of a 128k vocabulary are read every decode step)."""
+        if t.type.name != "f32":
+            raise GgcError(f"{t.label()}: get_f32 of a {t.type.name} tensor")
+        out = np.empty(t.nbytes // 4, dtype=np.float32)
+        if self.lib.ggc_model_read(self.m, self.plans[graph].offset_of(t), out.ctypes.data_as(C.c_void_p),
+                                   t.nbytes) != 0:
+            raise GgcError(f"{t.label()}: reading from the arena failed")
+        return out
 
     def set_n_kv(self, n_kv: int) -> None:
         self.lib.ggc_model_set_n_kv(self.m, n_kv)
