@@ -93,6 +93,14 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .formats import ggraph
 
     graph = ggraph.load(a.file)
+    if a.kernels:
+        from .backends.c.emit import plan_program
+        from .backends.cuda.emit import cuda_plans
+        from .compiler.report import kernel_report
+
+        plans = cuda_plans(graph)[2] if a.target == "cuda" else plan_program(graph, False, True, None)[2]
+        print(kernel_report(plans[0], a.target), end="")
+        return 0
     p = plan(graph)
     ggml_alloc = None
     if not a.no_ggml:
@@ -279,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--png", help="picture of the plan (default: FILE.plan.png in the current folder)")
     p.add_argument("--no-ggml", action="store_true", help="skip the comparison with ggml-alloc")
+    p.add_argument("--kernels", action="store_true",
+                   help="list the kernel groups (fused ops, result, bytes read and written) instead")
+    p.add_argument("--target", choices=("c", "cuda"), default="cuda", help="whose fusion rules --kernels applies")
     p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("verify", help="check the captured graph node by node against llama.cpp")

@@ -94,3 +94,22 @@ def test_plan_command_reports_and_draws(tmp_path: Path) -> None:
     assert "liveness lower bound" in r.stdout and "ggml-alloc compute buffer" in r.stdout
     png = tmp_path / "p.plan.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_plan_kernels_lists_each_targets_groups(tmp_path: Path) -> None:
+    model = tiny_model("llama", "q4_0")
+    assert run_ggc("export", str(model), "--tokens", "1", "-o", "d.ggraph", cwd=tmp_path).returncode == 0
+    cuda = run_ggc("plan", "d.ggraph", "--kernels", cwd=tmp_path)
+    assert cuda.returncode == 0, cuda.stderr
+    c = run_ggc("plan", "d.ggraph", "--kernels", "--target", "c", cwd=tmp_path)
+    assert c.returncode == 0, c.stderr
+    head = cuda.stdout.splitlines()[0]
+    assert head.startswith("kernel groups for target cuda: ") and " read, " in head and "written" in head
+    # the CUDA rules fuse norms, residual ADDs and gate/up/SWIGLU; the C target's stay apart
+    for fused in ("RMS_NORM + MUL", "MUL_MAT + ADD", "MUL_MAT + MUL_MAT + GLU SWIGLU"):
+        assert fused in cuda.stdout and fused not in c.stdout
+    n_cuda = int(head.split(": ")[1].split()[0])
+    n_c = int(c.stdout.splitlines()[0].split(": ")[1].split()[0])
+    assert n_cuda < n_c
+    # one line per group after the two header lines
+    assert len(cuda.stdout.splitlines()) == n_cuda + 2

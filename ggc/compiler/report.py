@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import GgcError
 from ..inspect.summary import human_bytes
+from ..ir.graph import Tensor
 from .arena import REGIONS, Plan
 
 
@@ -36,6 +37,51 @@ def text_report(p: Plan, ggml_alloc: int | None = None) -> str:
             f"  ggml-alloc compute buffer {ggml_alloc:>10} bytes",
             f"  ggc io + scratch          {ours:>10} bytes ({100.0 * (ours - ggml_alloc) / ggml_alloc:+.1f}%)",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def _bytes_read(t: Tensor, s: Tensor) -> int:
+    """Bytes node t reads of its source s: all of it, except the rows a GET_ROWS gathers and the
+    destination a SET_ROWS writes rows into (not read at all)."""
+    if t.op == "GET_ROWS" and s is t.src[0]:
+        return s.type.row_size(s.ne[0]) * t.ne[1] * t.ne[2] * t.ne[3]
+    if t.op == "SET_ROWS" and s is not t.src[0] and s is not t.src[1]:
+        return 0
+    return s.nbytes
+
+
+def _bytes_written(t: Tensor) -> int:
+    """Bytes node t stores: its result, or the rows a SET_ROWS writes into its destination."""
+    if t.op == "SET_ROWS":
+        rows = t.src[0]
+        return t.type.row_size(t.ne[0]) * rows.ne[1] * rows.ne[2] * rows.ne[3]
+    return t.nbytes
+
+
+def kernel_report(p: Plan, target: str) -> str:
+    """`ggc plan --kernels`: each kernel group of the target with its ops, its result, and the bytes it
+    moves (reads: each input from outside the group once, whole, or the rows a GET_ROWS gathers;
+    attention reads at most its cache view, fewer cells at run time; writes: the group's outputs,
+    or the rows a SET_ROWS stores)."""
+    rows, total_r, total_w = [], 0, 0
+    for g in p.groups:
+        inside = {t.id for t in g.nodes}
+        reads = 0
+        for s in g.inputs():
+            readers = [t for t in g.nodes if any(x is s for x in t.src)]
+            reads += max(_bytes_read(t, s) for t in readers) if readers else s.nbytes
+        writes = sum(_bytes_written(t) for t in g.outputs if t.id in inside)
+        total_r, total_w = total_r + reads, total_w + writes
+        ops = " + ".join(t.op + (f" {t.params.get('op')}" if t.op in ("UNARY", "GLU") else "") for t in g.nodes)
+        rows.append((g.id, ops, g.outputs[-1].name or f"%{g.outputs[-1].id}", reads, writes))
+    fused = sum(1 for g in p.groups if g.fused)
+    w_ops = max([len(r[1]) for r in rows] + [3])
+    w_out = max([len(r[2]) for r in rows] + [6])
+    lines = [f"kernel groups for target {target}: {len(p.groups)} ({fused} fused); "
+             f"{human_bytes(total_r)} read, {human_bytes(total_w)} written",
+             f"  {'#':>4}  {'ops':<{w_ops}}  {'result':<{w_out}}  {'reads':>11}  {'writes':>11}"]
+    for gid, ops, out, r, w in rows:
+        lines.append(f"  {gid:>4}  {ops:<{w_ops}}  {out:<{w_out}}  {human_bytes(r):>11}  {human_bytes(w):>11}")
     return "\n".join(lines) + "\n"
 
 

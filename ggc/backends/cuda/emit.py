@@ -243,6 +243,14 @@ replayed. The C API is in `ggc_model.h`; tensors live on the GPU (ggc_model_writ
 """
 
 
+def cuda_plans(graph: Graph | list[Graph], debug: bool = False, fuse: bool = True,
+               graph_names: list[str] | None = None) -> tuple[list[Graph], list[str], list[Plan]]:
+    """The graphs' plans with the CUDA target's fusion rules (norm heads, residual ADD epilogues,
+    SWIGLU pairs) on one shared arena."""
+    return plan_program(graph, debug, fuse, graph_names, heads=CUDA_ROW_HEADS, epilogues=CUDA_ADD_EPILOGUES,
+                        glu_pairs=CUDA_GLU_PAIRS)
+
+
 def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "model", debug: bool = False,
                  fuse: bool = True, source: str = "", graph_names: list[str] | None = None,
                  archs: tuple[str, ...] = DEFAULT_ARCHS, reuse_existing: bool = False,
@@ -250,8 +258,7 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
     """compile_c's twin for CUDA: the same plan and tables, CUDA kernels and runtime. regroup_q4_0:
     q4_0 weights that only matrix products read are loaded regrouped (see regrouped_weights)."""
     out = Path(out)
-    graphs, names, plans = plan_program(graph, debug, fuse, graph_names, heads=CUDA_ROW_HEADS,
-                                        epilogues=CUDA_ADD_EPILOGUES, glu_pairs=CUDA_GLU_PAIRS)
+    graphs, names, plans = cuda_plans(graph, debug, fuse, graph_names)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))
