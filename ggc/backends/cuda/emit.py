@@ -39,7 +39,9 @@ CUDA_KERNEL_DIR = Path(__file__).parent / "kernels"
 CUDA_RUNTIME_DIR = Path(__file__).parent / "runtime"
 C_RUNTIME_FILES = ("ggc_model.h", "ggc_program.h", "ggc_gguf.c", "ggc_main.c")
 DEFAULT_ARCHS = ("80", "86", "89", "90")
-CUDA_ROW_HEADS = ROW_HEADS  # norms that head a generated row kernel (_row_group_cuda)
+# norms that head a generated row kernel (_row_group_cuda): RMS_NORM only until NORM's generated path
+# (mean, then variance) has run on a GPU against ggml; no tiny model has a NORM
+CUDA_ROW_HEADS = ROW_HEADS & frozenset({"RMS_NORM"})
 CUDA_ADD_EPILOGUES = ADD_EPILOGUES  # products whose kernel stores through a residual ADD (_matmul_call)
 CUDA_GLU_PAIRS = GLU_PAIRS  # GLUs the matrix-vector kernel computes from two products (_matmul_call)
 
