@@ -5,11 +5,13 @@
  * size, as ggml asserts); every other stride of src0 and all of src1's are free: src1 is first
  * converted into the work buffer (contiguous rows r = i11 + ne11 * (i12 + ne12 * i13)).
  *
- * Three kernels:
- *  - mmvq (quantized weights, src1 ne11 <= 8): src1 quantized to 8-bit blocks (ggc_q8a); one warp
- *    per weight row streams the row through shared memory in chunks of 1024 elements with 16-byte
- *    cp.async loads (3 stages), each lane then dots one 32-element sub-block with __dp4a for every
- *    src1 column (1..8, a template parameter), and the warp reduces.
+ * The kernels:
+ *  - gemv1 (quantized weights, one src1 column: batch-1 decode; ggc_cuda_gemv.cuh): src1 quantized
+ *    to 8-bit blocks (ggc_q8a); a block of 4 warps per 2 weight rows, each thread one 32-element
+ *    sub-block at a time, __dp4a, a block reduction.
+ *  - mmvq (quantized weights, src1 ne11 <= 8): the same activations; ggc_k_gemv (a warp per R rows,
+ *    sub-blocks decoded straight from global memory), or with GGC_CUDA_STAGED_MMV=1 the older
+ *    kernel that streams rows through shared memory with cp.async.
  *  - mmvf (f32 / f16 / bf16 weights, ne11 <= 8): src1 as contiguous f32; a row is read by 8, 16 or
  *    32 lanes with 16-byte loads (8 elements a lane a step), f32 accumulation.
  *  - mmq (ne11 > 8): tensor cores, mma.sync m16n8k16 (f16, or bf16 for bf16 weights; f32
@@ -19,6 +21,13 @@
  * With quantized weights src1 is first quantized exactly as ggml-CPU quantizes it for that weight
  * type (q8_0 / q8_1 / q8_K, see ggc_cuda_quants.cuh): mmvq dots those quants, mmq multiplies
  * f16(q * d) of them, so both see the CPU's activations rather than unquantized ones.
+ *
+ * Two optional sources that the generated program adds for fused groups (the graph's MUL_MAT has
+ * neither): src[2], a tensor laid out as dst that is added as each result is stored (a residual
+ * ADD); src[3], a second weight matrix of src0's type and layout for gemv1: dst = silu(src0 . src1)
+ * * (src3 . src1) (a SWIGLU of the two products). Weights may be GGC_TYPE_Q4_0R8 (q4_0 regrouped
+ * at load, see ggc.h). ctx->act_ready: src1 is in the work buffer already, converted by the
+ * previous MUL_MAT of the same src1 and weight type.
  *
  * GQA: in the matrix-vector kernels, the src1 rows that share one weight matrix (r2 * r3 * ne11
  * <= 8) are the columns of one launch, so each weight row is read once.
