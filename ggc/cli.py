@@ -94,11 +94,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     graph = ggraph.load(a.file)
     if a.kernels:
-        from .backends.c.emit import plan_program
+        from .backends.c.emit import C_FUSION, plan_program
         from .backends.cuda.emit import cuda_plans
         from .compiler.report import kernel_report
 
-        plans = cuda_plans(graph)[2] if a.target == "cuda" else plan_program(graph, False, True, None)[2]
+        plans = cuda_plans(graph)[2] if a.target == "cuda" else plan_program(graph, False, C_FUSION, None)[2]
         print(kernel_report(plans[0], a.target), end="")
         return 0
     p = plan(graph)

@@ -10,7 +10,7 @@ import pytest
 from ggc.capture.builder import GraphBuilder
 from ggc.capture.llama import LlamaSession
 from ggc.compiler.arena import check, plan
-from ggc.compiler.passes import live_nodes, make_groups
+from ggc.compiler.passes import NO_FUSION, live_nodes, make_groups
 from ggc.models.quantize import tiny_model
 from ggc.models.tiny import ARCHS
 from ggc.oracle.rebuild import Rebuilt
@@ -79,7 +79,7 @@ def test_elementwise_chains_fuse_into_one_group() -> None:
     assert groups[1].outputs == [g.nodes[-1]] and {t.name for t in groups[1].inputs()} == {h_name(g), "y"}
     p = plan(g)
     assert all(t.id not in p.buffers for t in groups[1].nodes[:-1])  # fused intermediates own no memory
-    assert [len(grp.nodes) for grp in make_groups(g, live_nodes(g), fuse=frozenset())] == [1, 1, 1, 1]
+    assert [len(grp.nodes) for grp in make_groups(g, live_nodes(g), NO_FUSION)] == [1, 1, 1, 1]
 
 
 def h_name(g) -> str:  # noqa: ANN001

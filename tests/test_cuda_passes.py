@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ggc.backends.c.emit import plan_program
-from ggc.backends.cuda.emit import CUDA_ROW_HEADS, _act_reuse, regrouped_weights
-from ggc.compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, live_nodes, make_groups
+from ggc.backends.c.emit import C_FUSION, plan_program
+from ggc.backends.cuda.emit import CUDA_FUSION, _act_reuse, regrouped_weights
+from ggc.compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, Fusion, live_nodes, make_groups
 from ggc.ir.graph import Graph
 from ggc.models.quantize import tiny_model
 
@@ -34,8 +34,8 @@ def test_norm_heads_a_row_group(llama_q4_0: Graph) -> None:
     g = llama_q4_0
     live = live_nodes(g)
     plain = make_groups(g, live)
-    fused = make_groups(g, live, heads=ROW_HEADS)
-    rows = [grp for grp in fused if grp.nodes[0].op in CUDA_ROW_HEADS and grp.fused]
+    fused = make_groups(g, live, Fusion(heads=ROW_HEADS))
+    rows = [grp for grp in fused if grp.nodes[0].op in CUDA_FUSION.heads and grp.fused]
     # every RMS_NORM of a llama layer (attention and FFN) and the output norm takes its weight's MUL along
     n_norms = sum(1 for t in g.nodes if t.op == "RMS_NORM" and t.id in live)
     assert len(rows) == n_norms > 0
@@ -55,12 +55,12 @@ def test_norm_with_two_readers_stays_alone() -> None:
         y = b.op("mul", n, w)
         z = b.op("add", y, n)  # n is read twice: it must be written, so it cannot hide in a group
         g = b.capture(z)
-    groups = make_groups(g, live_nodes(g), heads=ROW_HEADS, fuse=frozenset({"MUL", "ADD"}))
+    groups = make_groups(g, live_nodes(g), Fusion(elementwise=frozenset({"MUL", "ADD"}), heads=ROW_HEADS))
     assert [[t.op for t in grp.nodes] for grp in groups] == [["RMS_NORM"], ["MUL", "ADD"]]
 
 
 def test_act_reuse_q_k_v_and_gate_up(llama_q4_0: Graph) -> None:
-    _, _, plans = plan_program(llama_q4_0, False, True, None, heads=CUDA_ROW_HEADS)
+    _, _, plans = plan_program(llama_q4_0, False, Fusion(C_FUSION.elementwise, heads=CUDA_FUSION.heads), None)
     p = plans[0]
     reuse = _act_reuse(p, lambda op: op in ("MUL_MAT", "MUL_MAT_ID", "FLASH_ATTN_EXT"))
     names = sorted(p.groups[i].nodes[0].name.split("-")[0] for i in reuse)
@@ -74,13 +74,13 @@ def test_act_reuse_q_k_v_and_gate_up(llama_q4_0: Graph) -> None:
 
 
 def test_regrouped_weights(llama_q4_0: Graph) -> None:
-    _, _, plans = plan_program(llama_q4_0, False, True, None)
+    _, _, plans = plan_program(llama_q4_0, False, C_FUSION, None)
     names = regrouped_weights(plans)
     mm = {t.src[0].data.name for t in llama_q4_0.nodes if t.op == "MUL_MAT" and t.src[0].type.name == "q4_0"}
     # token_embd (read by GET_ROWS) stays as it is; every q4_0 matrix product weight is regrouped
     assert names == mm and "token_embd.weight" not in names
     f16 = _decode_graph("llama", "f16")
-    assert regrouped_weights(plan_program(f16, False, True, None)[2]) == set()
+    assert regrouped_weights(plan_program(f16, False, C_FUSION, None)[2]) == set()
 
 
 def test_loader_regroups_q4_0(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_loader_regroups_q4_0(tmp_path: Path) -> None:
 def test_residual_add_joins_its_product(llama_q4_0: Graph) -> None:
     g = llama_q4_0
     live = live_nodes(g)
-    groups = make_groups(g, live, heads=ROW_HEADS, epilogues=ADD_EPILOGUES)
+    groups = make_groups(g, live, Fusion(heads=ROW_HEADS, epilogues=ADD_EPILOGUES))
     epi = [grp for grp in groups if grp.fused and grp.nodes[0].op == "MUL_MAT"]
     assert all([t.op for t in grp.nodes] == ["MUL_MAT", "ADD"] for grp in epi)
     names = sorted(grp.nodes[0].name.split("-")[0] for grp in epi)
@@ -125,7 +125,7 @@ def test_residual_add_joins_its_product(llama_q4_0: Graph) -> None:
 def test_gate_and_up_join_their_swiglu(llama_q4_0: Graph) -> None:
     g = llama_q4_0
     live = live_nodes(g)
-    groups = make_groups(g, live, heads=ROW_HEADS, epilogues=ADD_EPILOGUES, glu_pairs=GLU_PAIRS)
+    groups = make_groups(g, live, Fusion(heads=ROW_HEADS, epilogues=ADD_EPILOGUES, glu_pairs=GLU_PAIRS))
     pairs = [grp for grp in groups if [t.op for t in grp.nodes] == ["MUL_MAT", "MUL_MAT", "GLU"]]
     n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
     assert len(pairs) == n_layers
@@ -137,11 +137,11 @@ def test_gate_and_up_join_their_swiglu(llama_q4_0: Graph) -> None:
 
     with LlamaSession(tiny_model("llama", "q4_0"), SessionOptions(n_ctx=256, n_batch=8)) as s:
         pre = s.capture(8, 1)[0]
-    fused = [grp for grp in make_groups(pre, live_nodes(pre), glu_pairs=GLU_PAIRS) if len(grp.nodes) == 3]
+    fused = [grp for grp in make_groups(pre, live_nodes(pre), Fusion(glu_pairs=GLU_PAIRS)) if len(grp.nodes) == 3]
     assert [grp.nodes[0].name for grp in fused] == [f"ffn_gate-{n_layers - 1}"]
 
 
 def test_float_weights_keep_their_glu_apart() -> None:
     g = _decode_graph("llama", "f16")
-    groups = make_groups(g, live_nodes(g), glu_pairs=GLU_PAIRS)
+    groups = make_groups(g, live_nodes(g), Fusion(glu_pairs=GLU_PAIRS))
     assert not any(len(grp.nodes) == 3 for grp in groups)

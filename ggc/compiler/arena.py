@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import GgcError
 from ..ir.graph import Graph, Tensor
-from .passes import ELEMENTWISE, PURE_VIEWS, Group, live_nodes, make_groups, root
+from .passes import ELEMENTWISE_FUSION, PURE_VIEWS, Fusion, Group, live_nodes, make_groups, root
 
 ALIGN = 64  # bytes: a cache line, and a multiple of every SIMD width the kernels use
 REGIONS = ("weights", "state", "io", "scratch")
@@ -119,11 +119,9 @@ def region_for(t: Tensor) -> str:
     return "scratch"
 
 
-def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
-         heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
-         glu_pairs: frozenset[str] = frozenset()) -> Plan:
+def plan(graph: Graph, reuse: bool = True, fusion: Fusion = ELEMENTWISE_FUSION) -> Plan:
     live = live_nodes(graph)
-    groups = make_groups(graph, live, fuse=fuse, heads=heads, epilogues=epilogues, glu_pairs=glu_pairs)
+    groups = make_groups(graph, live, fusion)
     p = Plan(graph, groups, live, reuse=reuse)
     outputs = {t.id for t in graph.outputs()}
     group_of: dict[int, int] = {t.id: g.id for g in groups for t in g.nodes}
@@ -188,13 +186,11 @@ def plan(graph: Graph, reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
     return p
 
 
-def plan_shared(graphs: list[Graph], reuse: bool = True, fuse: frozenset[str] = ELEMENTWISE,
-                heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
-                glu_pairs: frozenset[str] = frozenset()) -> list[Plan]:
+def plan_shared(graphs: list[Graph], reuse: bool = True, fusion: Fusion = ELEMENTWISE_FUSION) -> list[Plan]:
     """Plans for graphs that run one at a time on one arena (prefill and decode of one model): the
     weights (by GGUF name) and the state (by name) are laid out once and shared; each graph's
     inputs and scratch start after them and may overlap the other graphs' (never live together)."""
-    plans = [plan(g, reuse=reuse, fuse=fuse, heads=heads, epilogues=epilogues, glu_pairs=glu_pairs) for g in graphs]
+    plans = [plan(g, reuse=reuse, fusion=fusion) for g in graphs]
     shared: dict[str, dict[str, tuple[int, Tensor]]] = {"weights": {}, "state": {}}
     offs = {"weights": 0, "state": 0}
     for p in plans:

@@ -31,6 +31,22 @@ ADD_EPILOGUES = frozenset({"MUL_MAT"})
 GLU_PAIRS = frozenset({"SWIGLU"})
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """What a backend's kernels can fuse (see make_groups): `elementwise` ops that may share a loop,
+    row-wise `heads` that may start such a chain, ops whose kernel takes a residual ADD as an
+    `epilogue`, and two-source GLU ops (params "op") computed from the two products before them."""
+
+    elementwise: frozenset[str] = ELEMENTWISE
+    heads: frozenset[str] = frozenset()
+    epilogues: frozenset[str] = frozenset()
+    glu_pairs: frozenset[str] = frozenset()
+
+
+ELEMENTWISE_FUSION = Fusion()  # elementwise chains only: the default
+NO_FUSION = Fusion(elementwise=frozenset())
+
+
 def root(t: Tensor) -> Tensor:
     """The tensor that owns t's memory."""
     return t.view_src if t.view_src is not None else t
@@ -84,13 +100,11 @@ def live_nodes(graph: Graph) -> set[int]:
     return live
 
 
-def make_groups(graph: Graph, live: set[int], fuse: frozenset[str] = ELEMENTWISE,
-                heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
-                glu_pairs: frozenset[str] = frozenset()) -> list[Group]:
-    """Kernel groups in execution order; `fuse` is the set of elementwise ops that may share a loop,
-    `heads` the row-wise ops that may start one (the chain then follows the head's rows),
-    `epilogues` the ops whose kernel may add the other operand of the ADD that alone reads its result,
-    and `glu_pairs` the GLU ops (params "op") that may join the two matrix-vector products before them."""
+def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSION) -> list[Group]:
+    """Kernel groups in execution order, fused as `fusion` allows: elementwise chains (headed by a
+    row-wise op, where allowed: the chain then follows the head's rows), a product and the ADD that
+    alone reads its result, and two matrix-vector products with the GLU that alone reads them."""
+    fuse, heads, epilogues, glu_pairs = fusion.elementwise, fusion.heads, fusion.epilogues, fusion.glu_pairs
     users = graph.consumers()
     outputs = {t.id for t in graph.outputs()}
     groups: list[Group] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...compiler.arena import Plan, check, plan_shared
-from ...compiler.passes import Group
+from ...compiler.passes import NO_FUSION, Fusion, Group
 from ...errors import GgcError
 from ...ir import params as prm
 from ...ir.graph import Graph, Tensor
@@ -133,8 +133,9 @@ def _role(p: Plan, t: Tensor, outputs: set[int]) -> str:
     return "GGC_ROLE_OUTPUT" if t.id in outputs else "GGC_ROLE_SCRATCH"
 
 
-def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dict[int, int], dict[int, int]]:
-    """One graph's tables and functions, all static, named with the graph's index."""
+def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dict[int, int], dict[int, Call]]:
+    """One graph's tables and functions, all static, named with the graph's index; also its tensor
+    indices and its library kernel calls (by group id, in node-table order)."""
     g = p.graph
     outputs = {t.id for t in g.outputs()}
     hidden = {t.id for grp in p.groups for t in grp.nodes if t not in grp.outputs}
@@ -154,8 +155,8 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
         t = c.op
         fn = abi.kernel(t)
         if not abi.has_symbol(fn):
-            raise GgcError(f"{t.label()}: the {'C' if abi is C_ABI else 'CUDA'} backend has no kernel for {t.op}"
-                           + (f" {t.params.get('op')}" if t.op in ("UNARY", "GLU") else ""))
+            raise GgcError(f"{t.label()}: the {'C' if abi is C_ABI else 'CUDA'} backend has no kernel for "
+                           f"{t.op_label()}")
         srcs = [tindex[s.id] if s is not None else -1 for s in c.srcs] + [-1] * (10 - len(c.srcs))
         words = ", ".join(str(prm.i32_from_word(w)) for w in op_param_words(t))
         note = f"{t.label()} {t.op}" + (f" -> {c.dst.label()}" if c.dst is not t else "")
@@ -189,7 +190,7 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
         else:
             lines.append(f"    case {grp.id}: {call}, w); break;  /* {c.op.label()} */")
     lines += ["    default: break;", "    }", "}", ""]
-    return lines, tindex, nindex
+    return lines, tindex, calls
 
 
 def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelABI = C_ABI,
@@ -197,14 +198,15 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
     """program.c: the arena, then each graph's tensors, nodes and kernel calls, then the graph table."""
     p0 = plans[0]
     body: list[str] = []
-    tindexes = []
+    tindexes, n_nodes = [], []
     used: set[str] = set()
     works: set[str] = set()
     for gi, p in enumerate(plans):
-        lines, tindex, _ = emit_graph(p, gi, abi)
+        lines, tindex, calls = emit_graph(p, gi, abi)
         body += lines
         tindexes.append(tindex)
-        for c in abi.calls(p).values():
+        n_nodes.append(len(calls))
+        for c in calls.values():
             used.add(abi.kernel(c.op))
             if abi.has_symbol(f"{abi.work_prefix}{c.op.op.lower()}"):
                 works.add(c.op.op.lower())
@@ -222,8 +224,7 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
     head += [f"{abi.linkage}size_t {abi.work_prefix}{op}(const ggc_node *node);" for op in sorted(works)]
     tail = [f"{abi.linkage}const ggc_graph_desc GGC_GRAPHS[] = {{"]
     for gi, (p, name) in enumerate(zip(plans, names)):
-        n_nodes = len(abi.calls(p))
-        tail.append(f"    {{{c_string(name)}, T{gi}, {len(tindexes[gi])}, N{gi}, {n_nodes}, {len(p.groups)}, "
+        tail.append(f"    {{{c_string(name)}, T{gi}, {len(tindexes[gi])}, N{gi}, {n_nodes[gi]}, {len(p.groups)}, "
                     f"work_size_{gi}, run_group_{gi}}},")
     tail += ["};", f"{abi.linkage}const int GGC_N_GRAPHS = {len(plans)};", ""]
     return "\n".join(head + [""] + body + tail), tindexes
@@ -309,19 +310,16 @@ scratch {scratch}. The C API is in `ggc_model.h`. Inputs and outputs are raw ten
 
 
 FUSABLE = frozenset(FUSED_EXPR)
+C_FUSION = Fusion(elementwise=FUSABLE)  # the C target fuses elementwise chains only
 
 
-def plan_program(graph: Graph | list[Graph], debug: bool, fuse: bool, graph_names: list[str] | None,
-                 heads: frozenset[str] = frozenset(), epilogues: frozenset[str] = frozenset(),
-                 glu_pairs: frozenset[str] = frozenset()) -> tuple[list[Graph], list[str], list[Plan]]:
-    """The graphs of one program, their names, and their plans on one shared arena; `heads` are the
-    row-wise ops the target's fused groups may start with, `epilogues` the ops whose kernel can take
-    a residual ADD, `glu_pairs` the GLU ops its matrix-vector kernel computes from two products (see make_groups)."""
+def plan_program(graph: Graph | list[Graph], debug: bool, fusion: Fusion,
+                 graph_names: list[str] | None) -> tuple[list[Graph], list[str], list[Plan]]:
+    """The graphs of one program, their names, and their plans on one shared arena, fused as the
+    target's kernels allow (NO_FUSION: one kernel per node)."""
     graphs = graph if isinstance(graph, list) else [graph]
     names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
-    none: frozenset[str] = frozenset()
-    plans = plan_shared(graphs, reuse=not debug, fuse=FUSABLE if fuse else none, heads=heads if fuse else none,
-                        epilogues=epilogues if fuse else none, glu_pairs=glu_pairs if fuse else none)
+    plans = plan_shared(graphs, reuse=not debug, fusion=fusion)
     for p in plans:
         check(p)
     return graphs, names, plans
@@ -353,7 +351,7 @@ def compile_c(graph: Graph | list[Graph], out: str | Path, *, name: str = "model
     graphs (say prefill and decode) become one program on one arena, sharing weights and state.
     reuse_existing: the directory holds this very program already (a cache hit): plan, write nothing."""
     out = Path(out)
-    graphs, names, plans = plan_program(graph, debug, fuse, graph_names)
+    graphs, names, plans = plan_program(graph, debug, C_FUSION if fuse else NO_FUSION, graph_names)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from ... import __version__
 from ...compiler.arena import Plan
-from ...compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, Group
+from ...compiler.passes import ADD_EPILOGUES, GLU_PAIRS, NO_FUSION, ROW_HEADS, Fusion, Group
 from ...errors import GgcError
 from ...ir.graph import Graph, Tensor
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
 from ..c.abi import c_type_name
 from ..c.emit import (
+    FUSABLE,
     FUSED_EXPR,
     RUNTIME_DIR,
     Call,
@@ -39,11 +40,12 @@ CUDA_KERNEL_DIR = Path(__file__).parent / "kernels"
 CUDA_RUNTIME_DIR = Path(__file__).parent / "runtime"
 C_RUNTIME_FILES = ("ggc_model.h", "ggc_program.h", "ggc_gguf.c", "ggc_main.c")
 DEFAULT_ARCHS = ("80", "86", "89", "90")
-# norms that head a generated row kernel (_row_group_cuda): RMS_NORM only until NORM's generated path
-# (mean, then variance) has run on a GPU against ggml; no tiny model has a NORM
-CUDA_ROW_HEADS = ROW_HEADS & frozenset({"RMS_NORM"})
-CUDA_ADD_EPILOGUES = ADD_EPILOGUES  # products whose kernel stores through a residual ADD (_matmul_call)
-CUDA_GLU_PAIRS = GLU_PAIRS  # GLUs the matrix-vector kernel computes from two products (_matmul_call)
+# What the CUDA kernels fuse: elementwise chains as C does; norms heading one, as a generated row
+# kernel (_row_group_cuda; RMS_NORM only until NORM's generated path, mean then variance, has run on a
+# GPU against ggml: no tiny model has a NORM); products storing through a residual ADD, and gate/up
+# products with their SWIGLU, as one call of the matrix-product kernel (_matmul_call)
+CUDA_FUSION = Fusion(elementwise=FUSABLE, heads=ROW_HEADS & frozenset({"RMS_NORM"}), epilogues=ADD_EPILOGUES,
+                     glu_pairs=GLU_PAIRS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,7 +129,7 @@ def _matmul_call(grp: Group) -> Call | None:
     - MUL_MAT then the ADD that alone reads it: the ADD's other operand is src[2], added as it stores;
     - two matrix-vector products then the SWIGLU of them: the second weight is src[3], the kernel
       reads the shared input once and stores silu(first) * second."""
-    if grp.nodes[0].op not in CUDA_ADD_EPILOGUES:
+    if grp.nodes[0].op not in CUDA_FUSION.epilogues:
         return None
     if len(grp.nodes) == 3:
         a, b, glu = grp.nodes
@@ -140,7 +142,7 @@ def _matmul_call(grp: Group) -> Call | None:
 def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     """A generated kernel for a chain of elementwise ops (one thread per element), or for a norm
     heading one (one block per row)."""
-    if grp.nodes[0].op in CUDA_ROW_HEADS:
+    if grp.nodes[0].op in CUDA_FUSION.heads:
         return _row_group_cuda(p, grp, gi)
     first, last = grp.nodes[0], grp.nodes[-1]
     ne = last.ne
@@ -169,7 +171,7 @@ def _act_reuse(p: Plan, uses_work: Callable[[str], bool]) -> set[int]:
     last: tuple[int, str] | None = None
     for grp in p.groups:
         t = grp.nodes[0]
-        if grp.fused and t.op not in CUDA_ADD_EPILOGUES:
+        if grp.fused and t.op not in CUDA_FUSION.epilogues:
             continue  # generated kernels use no work memory
         if t.op == "MUL_MAT":  # alone or storing through a residual ADD: the same conversion
             key = (t.src[1].id, t.src[0].type.name)
@@ -249,8 +251,7 @@ def cuda_plans(graph: Graph | list[Graph], debug: bool = False, fuse: bool = Tru
                graph_names: list[str] | None = None) -> tuple[list[Graph], list[str], list[Plan]]:
     """The graphs' plans with the CUDA target's fusion rules (norm heads, residual ADD epilogues,
     SWIGLU pairs) on one shared arena."""
-    return plan_program(graph, debug, fuse, graph_names, heads=CUDA_ROW_HEADS, epilogues=CUDA_ADD_EPILOGUES,
-                        glu_pairs=CUDA_GLU_PAIRS)
+    return plan_program(graph, debug, CUDA_FUSION if fuse else NO_FUSION, graph_names)
 
 
 def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "model", debug: bool = False,
