@@ -89,9 +89,7 @@ def _kind(t) -> str:  # noqa: ANN001 - a Tensor
     if t.op in ("MUL_MAT", "MUL_MAT_ID"):
         w = t.src[0]
         return f"{t.op} {w.type.name} {w.ne[0]}x{w.ne[1]} n={t.ne[1]}"
-    if t.op in ("UNARY", "GLU"):
-        return f"{t.op} {t.params.get('op')}"
-    return t.op
+    return t.op_label()
 
 
 def _profile(m: Model, gi: int, reps: int = 5) -> list[dict]:

@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from ggc.backends.c.abi import MAX_SRC, CNode, op_param_words
+from ggc.backends.c.abi import MAX_SRC, host_node
 from ggc.backends.c.abi import _fill as c_fill
 from ggc.backends.cuda import abi as cuda
 from ggc.capture.builder import GraphBuilder, Ref
-from ggc.ir import params as prm
 from ggc.ir.graph import Tensor
 from ggc.ir.types import TYPES
 from ggc.oracle.compare import compare
@@ -230,20 +229,10 @@ def run_aliased(t: Tensor, srcs: list[bytes | None]) -> bytes:
     lib = cuda.load_library()
     fn = getattr(lib, cuda.kernel_name(t))
     work = getattr(lib, cuda.work_name(t), None)
-    node = CNode()
-    sizes = (C.c_size_t * MAX_SRC)()
-    dst = C.create_string_buffer(srcs[0][: t.nbytes], t.nbytes)
-    keep = [dst]
-    for j, s in enumerate(t.src):
-        if s is None:
-            continue
-        buf = dst if j == 0 else C.create_string_buffer(srcs[j], len(srcs[j]))
-        keep.append(buf)
-        c_fill(node.src[j], s, buf)
-        sizes[j] = t.nbytes if j == 0 else len(srcs[j])
-    c_fill(node.dst, t, dst)
-    for i, w in enumerate(op_param_words(t)):
-        node.op_params[i] = prm.i32_from_word(w)
+    node, dst, bufs = host_node(t, srcs, srcs[0][: t.nbytes])
+    c_fill(node.src[0], t.src[0], dst)  # src0 is the destination's memory
+    sizes = (C.c_size_t * MAX_SRC)(*[len(bufs[j]) if j in bufs else 0 for j in range(MAX_SRC)])
+    sizes[0] = t.nbytes
     err = C.create_string_buffer(512)
     args = [C.cast(fn, C.c_void_p), C.cast(work, C.c_void_p) if work else None, C.byref(node), sizes, t.nbytes, err,
             len(err)]

@@ -72,7 +72,7 @@ def kernel_report(p: Plan, target: str) -> str:
             reads += max(_bytes_read(t, s) for t in readers) if readers else s.nbytes
         writes = sum(_bytes_written(t) for t in g.outputs if t.id in inside)
         total_r, total_w = total_r + reads, total_w + writes
-        ops = " + ".join(t.op + (f" {t.params.get('op')}" if t.op in ("UNARY", "GLU") else "") for t in g.nodes)
+        ops = " + ".join(t.op_label() for t in g.nodes)
         rows.append((g.id, ops, g.outputs[-1].name or f"%{g.outputs[-1].id}", reads, writes))
     fused = sum(1 for g in p.groups if g.fused)
     w_ops = max([len(r[1]) for r in rows] + [3])

@@ -75,6 +75,10 @@ class Tensor:
     def is_contiguous(self) -> bool:
         return self.nb == contiguous_strides(self.type, self.ne)
 
+    def op_label(self) -> str:
+        """The op, with the function of a UNARY or GLU: "MUL_MAT", "GLU SWIGLU"."""
+        return f"{self.op} {self.params.get('op')}" if self.op in ("UNARY", "GLU") else self.op
+
     def label(self) -> str:
         return f"%{self.id} {self.name!r}" if self.name else f"%{self.id}"
 

@@ -25,6 +25,7 @@ from ...errors import GgcError
 from ...ir.graph import Tensor
 from ..c.abi import C_TYPES, MAX_SRC, CNode, host_node
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
+from ..c.abi import kernel_name as c_kernel_name
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 DEFAULT_ARCH = "sm_90"
@@ -35,10 +36,9 @@ __all__ = ["KERNEL_DIR", "build_library", "find_nvcc", "has_gpu", "kernel_name",
 
 
 def kernel_name(t: Tensor) -> str:
-    """The CUDA function that computes this node: ggc_cuda_op_<op>, or ggc_cuda_op_unary_<op> / _glu_<op>."""
-    if t.op in ("UNARY", "GLU"):
-        return f"ggc_cuda_op_{t.op.lower()}_{str(t.params['op']).lower()}"
-    return f"ggc_cuda_op_{t.op.lower()}"
+    """The CUDA function that computes this node: the C backend's name (ggc_op_<op>, ggc_op_unary_<op>,
+    ...) with the ggc_cuda_ prefix."""
+    return "ggc_cuda_" + c_kernel_name(t).removeprefix("ggc_")
 
 
 def work_name(t: Tensor) -> str:

@@ -779,15 +779,20 @@ bool aligned16(const ggc_tensor *t) {
 /* ---- kernel tables */
 typedef void (*mm_kernel)(const ggc_mm_args);
 
+/* GGC_CUDA_STAGED_MMV=1: the shared-memory staged matrix-vector kernel instead of the direct-load
+ * ones (for comparisons), read once */
+bool staged_mmv() {
+    static const bool staged = getenv("GGC_CUDA_STAGED_MMV") && getenv("GGC_CUDA_STAGED_MMV")[0] == '1';
+    return staged;
+}
+
 template <ggc_type T> mm_kernel mmvq_kernel(int nc) {
     static const mm_kernel g[8] = {ggc_k_gemv<T, 1>, ggc_k_gemv<T, 2>, ggc_k_gemv<T, 3>, ggc_k_gemv<T, 4>,
                                    ggc_k_gemv<T, 5>, ggc_k_gemv<T, 6>, ggc_k_gemv<T, 7>, ggc_k_gemv<T, 8>};
     if constexpr (T != GGC_TYPE_Q4_0R8) { /* the staged kernel reads GGUF blocks only */
-        /* GGC_CUDA_STAGED_MMV=1 picks the shared-memory staged kernel instead (for comparisons) */
-        static const bool staged = getenv("GGC_CUDA_STAGED_MMV") && getenv("GGC_CUDA_STAGED_MMV")[0] == '1';
         static const mm_kernel k[8] = {ggc_k_mmvq<T, 1>, ggc_k_mmvq<T, 2>, ggc_k_mmvq<T, 3>, ggc_k_mmvq<T, 4>,
                                        ggc_k_mmvq<T, 5>, ggc_k_mmvq<T, 6>, ggc_k_mmvq<T, 7>, ggc_k_mmvq<T, 8>};
-        if (staged) return k[nc - 1];
+        if (staged_mmv()) return k[nc - 1];
     }
     return g[nc - 1];
 }
@@ -979,8 +984,7 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         }
         return;
     }
-    const bool staged = getenv("GGC_CUDA_STAGED_MMV") && getenv("GGC_CUDA_STAGED_MMV")[0] == '1';
-    if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged)) { /* batch-1 decode */
+    if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged_mmv())) { /* batch-1 decode */
         const int rows = a.w2 ? 1 : GGC_GEMV1_ROWS;
         const dim3 grid(ggc_cuda_grid(a.N, rows), (unsigned)(a.ne12 * a.ne13));
         pick_gemv1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
