@@ -62,6 +62,8 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
             tg_wall.append(sum(step_wall))
             tg_dev.append(sum(step_dev))
     plan = m.program.plan
+    m.reset()
+    host = _host_breakdown(m, int(np.argmax(m.eval(prompt))))
     prof = {"decode": _profile(m, 1), "prefill": _profile(m, 0)}
     res = {
         "model": Path(path).name,
@@ -78,10 +80,36 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
         "tg_device_tok_s": n_gen / statistics.median(tg_dev),
         "tg_ms_per_token": 1e3 * statistics.median(tg_wall) / n_gen,
         "reps": reps,
+        "decode_host_us": host,
         "profile": prof,
     }
     m.close()
     return res
+
+
+def _host_breakdown(m: Model, tok: int, steps: int = 32) -> dict:
+    """Where a decode step's wall time goes, phase by phase (median µs over `steps` more tokens):
+    what Model.eval does for one token, timed piece by piece."""
+    gi, ph = 1, {"fill": [], "write": [], "run": [], "device": [], "read": [], "argmax": []}
+    filler, prog = m.fillers[1], m.program
+    for _ in range(min(steps, m.ctx - m.n_past)):
+        t0 = time.perf_counter()
+        block = prog.input_block(gi, filler.dtypes)
+        filler.fill(block.arrays, [tok], m.n_past)
+        t1 = time.perf_counter()
+        block.write()
+        prog.set_n_kv(m.n_past + 1)
+        t2 = time.perf_counter()
+        prog.run(graph=gi)
+        t3 = time.perf_counter()
+        logits = prog.get_f32(m._logits[gi], graph=gi)
+        t4 = time.perf_counter()
+        tok = int(np.argmax(logits))
+        t5 = time.perf_counter()
+        m.n_past += 1
+        for k, v in zip(ph, (t1 - t0, t2 - t1, t3 - t2, prog.last_run_ms() / 1e3, t4 - t3, t5 - t4)):
+            ph[k].append(v)
+    return {k: round(1e6 * statistics.median(v), 1) for k, v in ph.items() if v}
 
 
 def _kind(t) -> str:  # noqa: ANN001 - a Tensor

@@ -85,6 +85,13 @@ def report(d: Path, commit: str) -> str:
         out.append(f"| {name} | {_f(g.get('tg_tok_s'))} | {_f(g.get('tg_device_tok_s'))} | "
                    f"{_f(g.get('tg_ms_per_token'), '{:.3f}')} | {_f(g.get('pp_tok_s'))} | "
                    f"{_f(g.get('pp_device_tok_s'))} | {_f(g.get('start_s'), '{:.1f}')} | {_f(g.get('arena_bytes'))} |")
+    hosts = [(name, g["decode_host_us"]) for name, g, _ in summary if g.get("decode_host_us")]
+    if hosts:
+        keys = list(hosts[0][1])
+        out += ["", "ggc decode step phase by phase (median µs; `run` is the replay call's wall time, `device` the "
+                "CUDA events inside it):", "", "| model | " + " | ".join(keys) + " |",
+                "| --- |" + " --- |" * len(keys)]
+        out += [f"| {name} | " + " | ".join(f"{h.get(k, 0):.1f}" for k in keys) + " |" for name, h in hosts]
     for name, g, _ in summary:
         for phase in ("decode", "prefill"):
             rows = (g.get("profile") or {}).get(phase) or []

@@ -141,7 +141,46 @@ def test_gate_and_up_join_their_swiglu(llama_q4_0: Graph) -> None:
     assert [grp.nodes[0].name for grp in fused] == [f"ffn_gate-{n_layers - 1}"]
 
 
-def test_float_weights_keep_their_glu_apart() -> None:
+def test_float_weights_pair_when_rows_are_vector_aligned() -> None:
     g = _decode_graph("llama", "f16")
     groups = make_groups(g, live_nodes(g), Fusion(glu_pairs=GLU_PAIRS))
-    assert not any(len(grp.nodes) == 3 for grp in groups)
+    n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
+    assert sum(1 for grp in groups if len(grp.nodes) == 3) == n_layers
+    # rows that are not whole 16-byte groups of 8 elements stay apart (the pair kernel's vector loads)
+    from ggc.capture.builder import GraphBuilder
+    from tests.test_builder import weight
+
+    with GraphBuilder() as b:
+        x = b.tensor("f32", (36, 1), "x", input=True)
+        gate, up = b.op("mul_mat", weight(b, "f16", 36, 8, "wg"), x), b.op("mul_mat", weight(b, "f16", 36, 8, "wu"), x)
+        odd = b.capture(b.op("swiglu_split", gate, up))
+    assert not any(len(grp.nodes) == 3 for grp in make_groups(odd, live_nodes(odd), Fusion(glu_pairs=GLU_PAIRS)))
+
+
+def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
+    from ggc.backends.cuda.emit import _matmul_call
+
+    g = llama_q4_0
+    groups = make_groups(g, live_nodes(g), CUDA_FUSION)
+    sib = [grp for grp in groups if len(grp.nodes) > 1 and all(t.op == "MUL_MAT" for t in grp.nodes)]
+    n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
+    assert len(sib) == n_layers
+    for grp in sib:
+        assert sorted(t.name.split("-")[0] for t in grp.nodes) == ["Kcur", "Qcur", "Vcur"]
+        assert grp.outputs == grp.nodes  # every product is read outside: nothing hides
+        call = _matmul_call(grp)
+        assert call is not None and call.dst is grp.nodes[0]
+        assert call.srcs[4:] == [grp.nodes[1].src[0], grp.nodes[1], grp.nodes[2].src[0], grp.nodes[2]]
+    # the later products moved up to the first, ahead of Q's ROPE; every reader still follows its writer
+    order = {t.id: grp.id for grp in groups for t in grp.nodes}
+    for grp in groups:
+        for t in grp.nodes:
+            assert all(order.get(s.id, -1) <= grp.id for s in t.src if s is not None), t.label()
+    # gate and up stay a SWIGLU pair (not siblings); a prefill graph's products (8 columns) stay apart
+    assert sum(1 for grp in groups if [t.op for t in grp.nodes] == ["MUL_MAT", "MUL_MAT", "GLU"]) == n_layers
+    from ggc.capture.llama import LlamaSession, SessionOptions
+
+    with LlamaSession(tiny_model("llama", "q4_0"), SessionOptions(n_ctx=256, n_batch=8)) as s:
+        pre = s.capture(8, 1)[0]
+    assert not any(len(grp.nodes) > 1 and all(t.op == "MUL_MAT" for t in grp.nodes)
+                   for grp in make_groups(pre, live_nodes(pre), CUDA_FUSION))

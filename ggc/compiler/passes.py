@@ -29,18 +29,24 @@ ADD_EPILOGUES = frozenset({"MUL_MAT"})
 # Two-source GLU ops that can be computed by the two matrix-vector products feeding them, in one
 # kernel reading the shared input once (gate and up of a gated FFN at decode).
 GLU_PAIRS = frozenset({"SWIGLU"})
+# Products that may run as one launch with the other products of the same one-column input (Q, K
+# and V of one norm): the launch reads the input once and covers every product's rows.
+SIBLING_PRODUCTS = frozenset({"MUL_MAT"})
+MAX_SIBLINGS = 3
 
 
 @dataclass(frozen=True)
 class Fusion:
     """What a backend's kernels can fuse (see make_groups): `elementwise` ops that may share a loop,
     row-wise `heads` that may start such a chain, ops whose kernel takes a residual ADD as an
-    `epilogue`, and two-source GLU ops (params "op") computed from the two products before them."""
+    `epilogue`, two-source GLU ops (params "op") computed from the two products before them, and
+    products that run together with their `siblings` (other products of the same input)."""
 
     elementwise: frozenset[str] = ELEMENTWISE
     heads: frozenset[str] = frozenset()
     epilogues: frozenset[str] = frozenset()
     glu_pairs: frozenset[str] = frozenset()
+    siblings: frozenset[str] = frozenset()
 
 
 ELEMENTWISE_FUSION = Fusion()  # elementwise chains only: the default
@@ -103,23 +109,32 @@ def live_nodes(graph: Graph) -> set[int]:
 def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSION) -> list[Group]:
     """Kernel groups in execution order, fused as `fusion` allows: elementwise chains (headed by a
     row-wise op, where allowed: the chain then follows the head's rows), a product and the ADD that
-    alone reads its result, and two matrix-vector products with the GLU that alone reads them."""
-    fuse, heads, epilogues, glu_pairs = fusion.elementwise, fusion.heads, fusion.epilogues, fusion.glu_pairs
+    alone reads its result, two matrix-vector products with the GLU that alone reads them, and
+    matrix-vector products of one input (later ones move up to the first: they read nothing but that
+    input and their weights, which are ready there)."""
+    fuse, heads, epilogues = fusion.elementwise, fusion.heads, fusion.epilogues
     users = graph.consumers()
     outputs = {t.id for t in graph.outputs()}
     groups: list[Group] = []
     current: Group | None = None
     seq = [t for t in graph.nodes if t.id in live and is_kernel(t)]
-    skip = 0
+    pairs = {i for i in range(len(seq) - 2) if str(seq[i + 2].params.get("op")) in fusion.glu_pairs
+             and _glu_pair_ok(seq[i], seq[i + 1], seq[i + 2], users, outputs)}
+    paired = pairs | {i + 1 for i in pairs} | {i + 2 for i in pairs}
+    taken: set[int] = set()  # seq indices already placed in a group
     for i, t in enumerate(seq):
-        if skip:
-            skip -= 1
+        if i in taken:
             continue
-        if (glu_pairs and i + 2 < len(seq) and str(seq[i + 2].params.get("op")) in glu_pairs
-                and _glu_pair_ok(t, seq[i + 1], seq[i + 2], users, outputs)):
+        if i in pairs:
             current = Group(len(groups), [t, seq[i + 1], seq[i + 2]])
             groups.append(current)
-            skip = 2
+            taken |= {i + 1, i + 2}
+            continue
+        sib = _siblings(seq, i, paired | taken, fusion.siblings) if t.op in fusion.siblings else []
+        if sib:
+            current = Group(len(groups), [t] + [seq[j] for j in sib])
+            groups.append(current)
+            taken |= set(sib)
             continue
         prev = current.nodes[-1] if current is not None else None
         if (prev is not None and prev.op in epilogues and len(current.nodes) == 1 and t.op == "ADD"
@@ -138,6 +153,34 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
         g.outputs = [t for t in g.nodes if t is g.nodes[-1] or t.id in outputs
                      or any(u.id not in inside for u in _readers(t, users, graph))]
     return groups
+
+
+def _siblings(seq: list[Tensor], i: int, excluded: set[int], ops: frozenset[str]) -> list[int]:
+    """Indices of later products in seq that can join seq[i] in one matrix-vector launch (at most
+    MAX_SIBLINGS in all): the same one-column input, weights of one type and row layout, f32
+    contiguous results. Float weights need rows of whole 16-byte groups of 8 elements."""
+    a = seq[i]
+    if not _sibling_ok(a):
+        return []
+    out = []
+    for j in range(i + 1, len(seq)):
+        b = seq[j]
+        if len(out) == MAX_SIBLINGS - 1:
+            break
+        if (j not in excluded and b.op in ops and b.src[1] is a.src[1] and _sibling_ok(b)
+                and b.src[0].type is a.src[0].type and b.src[0].ne[0] == a.src[0].ne[0]
+                and b.src[0].nb[1] == a.src[0].nb[1]):
+            out.append(j)
+    return out
+
+
+def _sibling_ok(t: Tensor) -> bool:
+    if t.op != "MUL_MAT" or len(t.src) < 2 or t.src[0] is None or t.src[1] is None:
+        return False
+    w, x = t.src[0], t.src[1]
+    return (x.ne[1:] == (1, 1, 1) and w.ne[2:] == (1, 1) and w.is_contiguous() and t.view_src is None
+            and t.type.name == "f32" and t.is_contiguous()
+            and (w.type.blck_size > 1 or (w.ne[0] % 8 == 0 and w.nb[1] % 16 == 0)))
 
 
 def _readers(t: Tensor, users: dict[int, list[Tensor]], graph: Graph) -> list[Tensor]:
@@ -177,13 +220,14 @@ def _add_epilogue_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], ou
 
 def _glu_pair_ok(a: Tensor, b: Tensor, glu: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
     """glu = GLU(a, b) with a = W_a x and b = W_b x two matrix-vector products (one column) of one input
-    and quantized weights of one type and layout (the pair kernel dots 8-bit activations), each read
-    by glu alone; all f32 and contiguous."""
+    and weights of one type and layout, each read by glu alone; all f32 and contiguous. Float weights
+    need rows of whole 16-byte groups of 8 elements (the pair kernel's vector loads; the arena aligns
+    every buffer to 64 bytes)."""
     if a.op != "MUL_MAT" or b.op != "MUL_MAT" or glu.op != "GLU" or len(glu.src) < 2:
         return False
     wa, wb, x = a.src[0], b.src[0], a.src[1]
     return (glu.src[0] is a and glu.src[1] is b and b.src[1] is x and x.ne[1:] == (1, 1, 1)
-            and wa.type is wb.type and wa.type.blck_size > 1
+            and wa.type is wb.type and (wa.type.blck_size > 1 or (wa.ne[0] % 8 == 0 and wa.nb[1] % 16 == 0))
             and wa.ne == wb.ne and wa.nb == wb.nb and wa.ne[2:] == (1, 1)
             and all(len(users[t.id]) == 1 and users[t.id][0] is glu and t.id not in outputs and t.view_src is None
                     for t in (a, b))

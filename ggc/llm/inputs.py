@@ -67,6 +67,21 @@ class InputFiller:
             if not self._known(t.name):
                 raise GgcError(f"ggc run does not know how to fill the input {t.label()} of this architecture")
         self.mask_is_swa = {t.id: (_layer_of_mask(graph, t) in swa.layers) for t in self.inputs if "mask" in t.name}
+        self._cells: dict[int, np.ndarray] = {}  # the cell indices of a mask width
+        self.dtypes = {t.id: _dtype(t) for t in self.inputs}  # what fill() expects, by tensor id
+        for t in self.inputs:
+            if not self._fits(t):
+                raise GgcError(f"{t.label()}: cannot fill {t.nelements} elements for a batch of {self.n_tokens}")
+
+    def _fits(self, t: Tensor) -> bool:
+        n = self.n_tokens
+        if t.name == "inp_tokens" or t.name.endswith(("_k_idxs", "_v_idxs")):
+            return t.nelements == n
+        if t.name == "inp_pos":  # M-RoPE: several positions per token
+            return n > 0 and t.nelements % n == 0
+        if t.name == "out_ids":
+            return t.nelements <= n
+        return t.ne[1] >= n  # a mask: a row per token at least
 
     @staticmethod
     def _known(name: str) -> bool:
@@ -74,37 +89,45 @@ class InputFiller:
 
     def values(self, tokens: list[int], pos0: int) -> dict[int, bytes]:
         """Bytes for every input, by tensor id."""
+        arrays = {t.id: np.empty(t.nelements, self.dtypes[t.id]) for t in self.inputs}
+        self.fill(arrays, tokens, pos0)
+        return {tid: a.tobytes() for tid, a in arrays.items()}
+
+    def fill(self, arrays: dict[int, np.ndarray], tokens: list[int], pos0: int) -> None:
+        """Write every input's values into arrays[tensor id] (flat, of the input's element type): the
+        decode loop hands views of one pinned-size buffer, so a step allocates nothing."""
         n = len(tokens)
         if n != self.n_tokens:
             raise GgcError(f"this graph takes {self.n_tokens} tokens, got {n}")
         pos = np.arange(pos0, pos0 + n)
-        out: dict[int, bytes] = {}
         for t in self.inputs:
-            dt = _NP.get(t.type.name)
-            if dt is None:
-                raise GgcError(f"{t.label()}: unexpected input type {t.type.name}")
+            a = arrays[t.id]
             if t.name == "inp_tokens":
-                v = np.asarray(tokens)
-            elif t.name == "inp_pos":
-                v = pos if t.nelements == n else np.tile(pos, t.nelements // n)  # M-RoPE repeats positions
-            elif t.name == "out_ids":
-                v = np.arange(n - t.nelements, n)  # the last n_outputs tokens
+                a[:] = tokens
+            elif t.name == "inp_pos":  # M-RoPE repeats the positions
+                a.reshape(-1, n)[:] = pos
+            elif t.name == "out_ids":  # the last n_outputs tokens
+                a[:] = np.arange(n - t.nelements, n)
             elif t.name.endswith(("_k_idxs", "_v_idxs")):
-                v = pos
+                a[:] = pos
             else:
-                v = self._mask(t, pos, self.mask_is_swa[t.id])
-            if np.asarray(v).size != t.nelements:
-                raise GgcError(f"{t.label()}: cannot fill {t.nelements} elements for a batch of {n}")
-            out[t.id] = np.ascontiguousarray(np.asarray(v).astype(dt)).tobytes()
-        return out
+                self._mask(t, a, pos, self.mask_is_swa[t.id])
 
-    def _mask(self, t: Tensor, pos: np.ndarray, swa: bool) -> np.ndarray:
+    def _mask(self, t: Tensor, out: np.ndarray, pos: np.ndarray, swa: bool) -> None:
         n_kv, n_rows = t.ne[0], t.ne[1]
-        cells = np.arange(n_kv)[None, :]
-        q = np.full(n_rows, -1)
-        q[: len(pos)] = pos  # rows past the batch (padding) see nothing
-        keep = (cells <= q[:, None]) & (q[:, None] >= 0)
+        q = np.full((n_rows, 1), -1)
+        q[: len(pos), 0] = pos  # rows past the batch (padding) see nothing
+        cells = self._cells.get(n_kv)
+        if cells is None:
+            cells = self._cells[n_kv] = np.arange(n_kv)[None, :]
+        keep = (cells <= q) & (q >= 0)
         if swa:
-            keep &= (q[:, None] - cells) < self.swa.n_swa
-        m = np.where(keep, 0.0, -np.inf).astype(np.float32)
-        return np.broadcast_to(m, (t.ne[3], t.ne[2], n_rows, n_kv)).reshape(-1)
+            keep &= (q - cells) < self.swa.n_swa
+        out.reshape(-1, n_rows, n_kv)[:] = np.where(keep, 0.0, -np.inf)
+
+
+def _dtype(t: Tensor) -> type:
+    dt = _NP.get(t.type.name)
+    if dt is None:
+        raise GgcError(f"{t.label()}: unexpected input type {t.type.name}")
+    return dt

@@ -219,9 +219,10 @@ class Model:
         self.n_past = 0
 
     def _run(self, gi: int, tokens: list[int]) -> np.ndarray:
-        graph, filler = self.graphs[gi], self.fillers[gi]
-        vals = filler.values(tokens, self.n_past)
-        self.program.set_many({graph.tensors[tid]: data for tid, data in vals.items()}, graph=gi)
+        filler = self.fillers[gi]
+        block = self.program.input_block(gi, filler.dtypes)
+        filler.fill(block.arrays, tokens, self.n_past)
+        block.write()
         # attention reads only the cells in use (the program rounds n_kv up as llama.cpp pads it)
         self.program.set_n_kv(self.n_past + len(tokens))
         self.program.run(graph=gi)

@@ -66,6 +66,7 @@ class CProgram:
         L.ggc_model_profile_graph.argtypes = [C.c_void_p, C.c_int, C.POINTER(C.c_float)]
         if L.ggc_model_arena_size() != self.plan.size:
             raise GgcError(f"{lib_path}: the built program does not match its plan")
+        self._blocks: dict[tuple, InputBlock] = {}
         self.m = L.ggc_model_create()
         if not self.m:
             raise GgcError(f"could not create the program ({L.ggc_last_error().decode()}); its arena needs "
@@ -98,25 +99,16 @@ class CProgram:
         if self.lib.ggc_model_write(self.m, self.plans[graph].offset_of(t), data, len(data)) != 0:
             raise GgcError(f"{t.label()}: writing into the arena failed")
 
-    def set_many(self, values: dict[Tensor, bytes], graph: int = 0) -> None:
-        """Write several inputs with one copy when they sit together in the io region (one transfer
-        to the GPU per step instead of one per input); otherwise one write each."""
-        span = self._input_span(graph, frozenset(t.id for t in values))
-        if span is None:
-            for t, data in values.items():
-                self.set(t, data, graph)
-            return
-        lo, hi = span
-        p = self.plans[graph]
-        buf = bytearray(hi - lo)  # the gaps are padding between these inputs: nothing else lives there
-        for t, data in values.items():
-            if len(data) != t.nbytes:
-                raise GgcError(f"{t.label()}: {len(data)} bytes given, the tensor spans {t.nbytes}")
-            off = p.offset_of(t) - lo
-            buf[off : off + len(data)] = data
-        raw = (C.c_char * len(buf)).from_buffer(buf)
-        if self.lib.ggc_model_write(self.m, lo, raw, len(buf)) != 0:
-            raise GgcError("writing the inputs into the arena failed")
+    def input_block(self, graph: int, arrays: dict[int, np.dtype]) -> InputBlock:
+        """Host arrays for these inputs (tensor id -> element type) that one write() copies in: views
+        of one buffer laid out as their span of the arena when they sit together in the io region.
+        Made once per (graph, input set), so a decode step allocates nothing."""
+        key = (graph, tuple(sorted(arrays.items())))
+        blk = self._blocks.get(key)
+        if blk is None:
+            blk = self._blocks[key] = InputBlock(self, graph, {self.plans[graph].graph.tensors[i]: dt
+                                                               for i, dt in arrays.items()})
+        return blk
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one entry per (graph, input set); the program lives long
     def _input_span(self, graph: int, ids: frozenset[int]) -> tuple[int, int] | None:
@@ -179,3 +171,33 @@ class CProgram:
 
     def run_group(self, g: int, graph: int = 0) -> None:
         self._check(self.lib.ggc_model_run_group(self.m, graph, g))
+
+
+class InputBlock:
+    """Typed host arrays for some inputs of one graph (CProgram.input_block), written with one copy."""
+
+    def __init__(self, prog: CProgram, graph: int, dtypes: dict[Tensor, np.dtype]) -> None:
+        self.prog, self.graph = prog, graph
+        p = prog.plans[graph]
+        self.span = prog._input_span(graph, frozenset(t.id for t in dtypes))
+        self.buf = np.zeros(self.span[1] - self.span[0] if self.span else 0, np.uint8)
+        self.tensors = list(dtypes)
+        self.arrays: dict[int, np.ndarray] = {}
+        for t, dt in dtypes.items():
+            if np.dtype(dt).itemsize * t.nelements != t.nbytes:
+                raise GgcError(f"{t.label()}: {t.nbytes} bytes are not {t.nelements} {np.dtype(dt).name}")
+            if self.span:
+                off = p.offset_of(t) - self.span[0]
+                self.arrays[t.id] = self.buf[off : off + t.nbytes].view(dt)
+            else:
+                self.arrays[t.id] = np.zeros(t.nelements, dt)
+
+    def write(self) -> None:
+        """Copy the arrays into the arena (in stream order on the GPU: the next run sees them)."""
+        if self.span:
+            if self.prog.lib.ggc_model_write(self.prog.m, self.span[0], self.buf.ctypes.data_as(C.c_void_p),
+                                             self.buf.nbytes) != 0:
+                raise GgcError("writing the inputs into the arena failed")
+            return
+        for t in self.tensors:
+            self.prog.set(t, self.arrays[t.id].tobytes(), self.graph)

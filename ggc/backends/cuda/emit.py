@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...compiler.arena import Plan
-from ...compiler.passes import ADD_EPILOGUES, GLU_PAIRS, NO_FUSION, ROW_HEADS, Fusion, Group
+from ...compiler.passes import ADD_EPILOGUES, GLU_PAIRS, NO_FUSION, ROW_HEADS, SIBLING_PRODUCTS, Fusion, Group
 from ...errors import GgcError
 from ...ir.graph import Graph, Tensor
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
@@ -42,10 +42,11 @@ C_RUNTIME_FILES = ("ggc_model.h", "ggc_program.h", "ggc_gguf.c", "ggc_main.c")
 DEFAULT_ARCHS = ("80", "86", "89", "90")
 # What the CUDA kernels fuse: elementwise chains as C does; norms heading one, as a generated row
 # kernel (_row_group_cuda; RMS_NORM only until NORM's generated path, mean then variance, has run on a
-# GPU against ggml: no tiny model has a NORM); products storing through a residual ADD, and gate/up
-# products with their SWIGLU, as one call of the matrix-product kernel (_matmul_call)
+# GPU against ggml: no tiny model has a NORM); products storing through a residual ADD, gate/up
+# products with their SWIGLU, and the matrix-vector products of one input (Q, K, V), each as one call
+# of the matrix-product kernel (_matmul_call)
 CUDA_FUSION = Fusion(elementwise=FUSABLE, heads=ROW_HEADS & frozenset({"RMS_NORM"}), epilogues=ADD_EPILOGUES,
-                     glu_pairs=GLU_PAIRS)
+                     glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,9 +129,15 @@ def _matmul_call(grp: Group) -> Call | None:
     """Fused groups that run as one call of the matrix-product kernel, whose results never go to memory:
     - MUL_MAT then the ADD that alone reads it: the ADD's other operand is src[2], added as it stores;
     - two matrix-vector products then the SWIGLU of them: the second weight is src[3], the kernel
-      reads the shared input once and stores silu(first) * second."""
-    if grp.nodes[0].op not in CUDA_FUSION.epilogues:
+      reads the shared input once and stores silu(first) * second;
+    - matrix-vector products of one input: the others' weights and results are src[4], src[5] and
+      src[6], src[7]; one launch covers the rows of all."""
+    if grp.nodes[0].op not in CUDA_FUSION.epilogues | CUDA_FUSION.siblings:
         return None
+    if all(t.op == "MUL_MAT" for t in grp.nodes):
+        first, *rest = grp.nodes
+        return Call(first, first, [first.src[0], first.src[1], None, None]
+                    + [x for t in rest for x in (t.src[0], t)])
     if len(grp.nodes) == 3:
         a, b, glu = grp.nodes
         return Call(a, glu, [a.src[0], a.src[1], None, b.src[0]])

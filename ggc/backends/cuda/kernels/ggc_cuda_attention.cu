@@ -53,7 +53,8 @@ constexpr float LOG2E = 1.4426950408889634f;
 #define GGC_FA_DEC_TARGET 4 /* decode: blocks wanted per SM */
 #endif
 #ifndef GGC_FA_DEC_GRAN
-#define GGC_FA_DEC_GRAN 64 /* decode: keys per chunk are a multiple of this */
+#define GGC_FA_DEC_GRAN 32 /* decode: keys per chunk are a multiple of this (one tile a warp: the
+                              chain of dependent loads per warp is what a decode step waits on) */
 #endif
 constexpr int FA_CHUNK = 128;      /* split granularity (keys) of the other kernels */
 constexpr int FA_MAX_CHUNKS = 128; /* most chunks per row */
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(128) k_fa_vec(const fa_args p) {
         __syncwarp();
         /* P V: VB V rows in flight at once (rows of keys masked for every row are not read) */
         const int nvalid = (int)min((int64_t)32, kend - t0);
-        constexpr int VB = VT == -1 ? 2 : 8;
+        constexpr int VB = VT == -1 ? 2 : EPL <= 4 ? 16 : 8; /* half a tile's V rows in flight when they fit */
 #pragma unroll 1
         for (int j0 = 0; j0 < nvalid; j0 += VB) {
             float vv[VB][EPL];

@@ -100,14 +100,17 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const gg
     constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = GGC_GEMV1_THREADS / 32;
     __shared__ float red[WR][NW];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
-    const int64_t n0 = (int64_t)blockIdx.x * ROWS, z = blockIdx.y;
+    int64_t n0 = (int64_t)blockIdx.x * ROWS, N = a.N;
+    const int64_t z = blockIdx.y;
     const uint8_t *wmat = nullptr;
+    uint8_t *dst = a.dst;
     int64_t arow, doff;
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return; /* the same for the whole block */
+    ggc_mm_segment(a, ROWS, wmat, dst, N, n0);              /* sibling products: this block's one */
     const uint8_t *wr[WR];
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
-        const int64_t n = min(n0 + r, a.N - 1); /* rows past the end read the last one, not stored */
+        const int64_t n = min(n0 + r, N - 1); /* rows past the end read the last one, not stored */
         wr[r] = wmat + n * a.nb01;
         if (SWIGLU) wr[ROWS + r] = a.w2 + (wmat - a.w) + n * a.nb01;
     }
@@ -135,7 +138,7 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const gg
         if (lane == 0) red[r][warp] = v;
     }
     __syncthreads();
-    if (tid < ROWS && n0 + tid < a.N) {
+    if (tid < ROWS && n0 + tid < N) {
         float v = 0.0f, u = 0.0f;
 #pragma unroll
         for (int w = 0; w < NW; w++) {
@@ -143,6 +146,6 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const gg
             if (SWIGLU) u += red[ROWS + tid][w];
         }
         if (SWIGLU) v = v / (1.0f + expf(-v)) * u;
-        ggc_mm_store(a, doff + (n0 + tid) * a.nbd0, v);
+        ggc_mm_store_to(a, dst, doff + (n0 + tid) * a.nbd0, v);
     }
 }

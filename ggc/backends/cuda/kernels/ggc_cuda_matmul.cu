@@ -12,8 +12,9 @@
  *  - mmvq (quantized weights, src1 ne11 <= 8): the same activations; ggc_k_gemv (a warp per R rows,
  *    sub-blocks decoded straight from global memory), or with GGC_CUDA_STAGED_MMV=1 the older
  *    kernel that streams rows through shared memory with cp.async.
- *  - mmvf (f32 / f16 / bf16 weights, ne11 <= 8): src1 as contiguous f32; a row is read by 8, 16 or
- *    32 lanes with 16-byte loads (8 elements a lane a step), f32 accumulation.
+ *  - gemvf1 (f32 / f16 / bf16 weights with 16-byte rows, one column): gemv1's shape over f32 src1.
+ *  - mmvf (f32 / f16 / bf16 weights, ne11 <= 2): src1 as contiguous f32 (read in place when it is
+ *    already); a row is read by 8, 16 or 32 lanes with 16-byte loads, f32 accumulation.
  *  - mmq (ne11 > 8): tensor cores, mma.sync m16n8k16 (f16, or bf16 for bf16 weights; f32
  *    accumulate). Tiles of BM = 32..128 src1 rows x BN = 128 weight rows x BK = 32; weights are
  *    dequantized to f16 in registers (8 elements a thread per chunk) and stored to shared memory,
@@ -22,10 +23,11 @@
  * type (q8_0 / q8_1 / q8_K, see ggc_cuda_quants.cuh): mmvq dots those quants, mmq multiplies
  * f16(q * d) of them, so both see the CPU's activations rather than unquantized ones.
  *
- * Two optional sources that the generated program adds for fused groups (the graph's MUL_MAT has
- * neither): src[2], a tensor laid out as dst that is added as each result is stored (a residual
+ * Optional sources that the generated program adds for fused groups (the graph's MUL_MAT has
+ * none): src[2], a tensor laid out as dst that is added as each result is stored (a residual
  * ADD); src[3], a second weight matrix of src0's type and layout for gemv1: dst = silu(src0 . src1)
- * * (src3 . src1) (a SWIGLU of the two products). Weights may be GGC_TYPE_Q4_0R8 (q4_0 regrouped
+ * * (src3 . src1) (a SWIGLU of the two products); src[4], src[5] and src[6], src[7]: (weight, dst) of
+ * further one-column products of src1 (Q, K, V), run in the same launch of gemv1 / gemvf1. Weights may be GGC_TYPE_Q4_0R8 (q4_0 regrouped
  * at load, see ggc.h). ctx->act_ready: src1 is in the work buffer already, converted by the
  * previous MUL_MAT of the same src1 and weight type.
  *
@@ -65,6 +67,12 @@ struct ggc_mm_args {
     int64_t ids_nb0, ids_nb1, n_used, n_as;
     const int *pairs, *offs, *n_tiles;
     const int2 *tiles;
+    /* sibling products (MUL_MAT's src[4..7]): nseg > 1 one-column products of one input in one launch;
+     * segment s covers blocks [seg_block[s], seg_block[s + 1]), rows seg_rows[s] of seg_w[s] into seg_dst[s] */
+    int nseg;
+    int64_t seg_block[4], seg_rows[3];
+    const uint8_t *seg_w[3];
+    uint8_t *seg_dst[3];
     /* mmq split-K */
     int split;        /* K slices (1: none) */
     float *partial;   /* [split][partial_rows][N] sums, or null: write dst */
@@ -72,9 +80,25 @@ struct ggc_mm_args {
 };
 
 /* a result to dst at byte offset off, through the fused residual ADD when there is one */
-static __device__ __forceinline__ void ggc_mm_store(const ggc_mm_args &a, int64_t off, float v) {
+static __device__ __forceinline__ void ggc_mm_store_to(const ggc_mm_args &a, uint8_t *dst, int64_t off, float v) {
     if (a.add) v += *(const float *)(a.add + off);
-    *(float *)(a.dst + off) = v;
+    *(float *)(dst + off) = v;
+}
+static __device__ __forceinline__ void ggc_mm_store(const ggc_mm_args &a, int64_t off, float v) {
+    ggc_mm_store_to(a, a.dst, off, v);
+}
+
+/* The one-column kernels' block of sibling products (a.nseg > 1): its segment's weights, dst and
+ * rows, and its first row there. Unchanged for a single product. */
+static __device__ __forceinline__ void ggc_mm_segment(const ggc_mm_args &a, int rows_per_block, const uint8_t *&wmat,
+                                                      uint8_t *&dst, int64_t &N, int64_t &n0) {
+    if (a.nseg < 2) return;
+    int s = 0;
+    while (s + 1 < a.nseg && (int64_t)blockIdx.x >= a.seg_block[s + 1]) s++;
+    wmat = a.seg_w[s];
+    dst = a.seg_dst[s];
+    N = a.seg_rows[s];
+    n0 = ((int64_t)blockIdx.x - a.seg_block[s]) * rows_per_block;
 }
 
 /* The weight matrix and the src1 rows (converted-row index, dst byte offset) of matrix-vector
@@ -438,6 +462,84 @@ static __global__ void __launch_bounds__(GGC_MMVF_THREADS) ggc_k_mmvf(const ggc_
         }
 }
 
+/* One column of float weights (batch-1 decode), gemv1's shape: a block of 4 warps per ROWS weight
+ * rows, each thread 8 elements (a 16-byte f16 / bf16 load, two for f32) of each row at a time, U
+ * steps' loads issued before any product so that a thread keeps U * WR loads in flight (mmvf's
+ * warp per row kept one). Needs 16-byte aligned rows and K % 8 == 0; src1 is f32 (a.act, rows of
+ * a.act_stride). SWIGLU as in ggc_k_gemv1: gate rows from a.w, up rows from a.w2. */
+template <ggc_type T, int ROWS, bool SWIGLU>
+static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemvf1(const ggc_mm_args a) {
+    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = GGC_GEMV1_THREADS / 32, U = 4;
+    __shared__ float red[WR][NW];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
+    int64_t n0 = (int64_t)blockIdx.x * ROWS, N = a.N;
+    const int64_t z = blockIdx.y;
+    const uint8_t *wmat = nullptr;
+    uint8_t *dst = a.dst;
+    int64_t arow, doff;
+    if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return;
+    ggc_mm_segment(a, ROWS, wmat, dst, N, n0);
+    const uint8_t *wr[WR];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t n = min(n0 + r, N - 1);
+        wr[r] = wmat + n * a.nb01;
+        if (SWIGLU) wr[ROWS + r] = a.w2 + (wmat - a.w) + n * a.nb01;
+    }
+    const float *__restrict__ x = (const float *)a.act + arow * a.act_stride;
+    const int64_t K = a.K;
+    float acc[WR];
+#pragma unroll
+    for (int r = 0; r < WR; r++) acc[r] = 0.0f;
+    for (int64_t k0 = 8 * tid; k0 < K; k0 += 8 * GGC_GEMV1_THREADS * U) {
+        float w[U][WR][8];
+        float4 y[U][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t k = k0 + 8 * GGC_GEMV1_THREADS * u;
+            if (k < K) {
+#pragma unroll
+                for (int r = 0; r < WR; r++) ggc_load8_float<T, true>(wr[r], k, K, w[u][r]);
+                y[u][0] = __ldg((const float4 *)(x + k));
+                y[u][1] = __ldg((const float4 *)(x + k) + 1);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (k0 + 8 * GGC_GEMV1_THREADS * u >= K) break;
+#pragma unroll
+            for (int r = 0; r < WR; r++) {
+                float t = acc[r];
+                t = fmaf(w[u][r][0], y[u][0].x, t);
+                t = fmaf(w[u][r][1], y[u][0].y, t);
+                t = fmaf(w[u][r][2], y[u][0].z, t);
+                t = fmaf(w[u][r][3], y[u][0].w, t);
+                t = fmaf(w[u][r][4], y[u][1].x, t);
+                t = fmaf(w[u][r][5], y[u][1].y, t);
+                t = fmaf(w[u][r][6], y[u][1].z, t);
+                t = fmaf(w[u][r][7], y[u][1].w, t);
+                acc[r] = t;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < WR; r++) {
+        const float v = ggc_warp_sum(acc[r]);
+        if (lane == 0) red[r][warp] = v;
+    }
+    __syncthreads();
+    if (tid < ROWS && n0 + tid < N) {
+        float v = 0.0f, u = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NW; w++) {
+            v += red[tid][w];
+            if (SWIGLU) u += red[ROWS + tid][w];
+        }
+        if (SWIGLU) v = v / (1.0f + expf(-v)) * u;
+        ggc_mm_store_to(a, dst, doff + (n0 + tid) * a.nbd0, v);
+    }
+}
+
 /* ------------------------------------------------------------------ mmq: tensor cores, > 8 columns */
 
 #define GGC_MMQ_BN 128
@@ -735,6 +837,12 @@ size_t act_bytes(mm_path p, int64_t rows, int64_t k) {
     default: kern<GGC_ACTQ_Q8_0><<<grid, block, 0, st>>>(__VA_ARGS__); break;                                    \
     }
 
+/* src1 that the float matrix-vector kernels can read in place: contiguous f32 rows of whole
+ * 16-byte groups, 16-byte aligned */
+bool direct_f32(const ggc_tensor *b) {
+    return b->type == GGC_TYPE_F32 && b->ne[0] % 8 == 0 && (uintptr_t)b->data % 16 == 0 && ggc_cuda_is_contiguous(b);
+}
+
 /* src1 (any strides, f32 / f16 / bf16) into the work buffer in the path's format. With quantized
  * weights src1 goes through the CPU's quantization for that weight type (ggml-CPU quantizes it
  * before its integer dots): q8a for mmvq, dequantized f16 for mmq. */
@@ -753,6 +861,12 @@ void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work
         if (ready) return;
         GGC_ACTQ_LAUNCH(w->type, ggc_k_quantize_q8a, qgrid, 256, st, (const uint8_t *)b->data, b->type, s, nblocks, q,
                         meta);
+        return;
+    }
+    if (p == PATH_MMVF && direct_f32(b)) { /* already the rows mmvf reads: no conversion kernel */
+        a.act = b->data;
+        a.act_aux = nullptr;
+        a.act_stride = k;
         return;
     }
     const int64_t stride = p == PATH_MMVF ? round_up(k, 8) : round_up(k, GGC_MMQ_BK);
@@ -827,6 +941,15 @@ mm_kernel pick_gemv1(ggc_type t, bool swiglu) {
 #define X(T) \
     case T: return swiglu ? ggc_k_gemv1<T, 1, true> : ggc_k_gemv1<T, GGC_GEMV1_ROWS, false>;
         GGC_MM_TYPES(X)
+#undef X
+    default: return nullptr;
+    }
+}
+mm_kernel pick_gemvf1(ggc_type t, bool swiglu) {
+    switch (t) {
+#define X(T) \
+    case T: return swiglu ? ggc_k_gemvf1<T, 1, true> : ggc_k_gemvf1<T, GGC_GEMV1_ROWS, false>;
+        GGC_MM_FLOAT_TYPES(X)
 #undef X
     default: return nullptr;
     }
@@ -937,7 +1060,38 @@ mmq_plan plan_mmq(const ggc_node *n) {
     return p;
 }
 
+/* float weights that ggc_k_gemvf1 reads: 16-byte aligned rows of whole 8-element groups */
+bool gemvf1_ok(const ggc_tensor *w) { return !ggc_cuda_is_quant(w->type) && aligned16(w) && w->ne[0] % 8 == 0; }
+
 bool mmq_vec(const ggc_tensor *w) { return !ggc_cuda_is_quant(w->type) && aligned16(w) && w->ne[0] % 8 == 0; }
+
+/* MUL_MAT with src[4], src[5] (and src[6], src[7]): more products of src1, each (weight, dst), in one
+ * launch of the one-column kernel with the first; every weight of src0's type and row layout */
+void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cuda_ctx *ctx) {
+    const ggc_tensor *w = &n->src[0], *b = &n->src[1];
+    const bool quant = p == PATH_MMVQ;
+    bool ok = (quant || (p == PATH_MMVF && gemvf1_ok(w))) && b->ne[1] == 1 && b->ne[2] == 1 && b->ne[3] == 1 &&
+              !n->src[2].data && !n->src[3].data;
+    const ggc_tensor *ws[3] = {w, &n->src[4], &n->src[6]}, *ds[3] = {&n->dst, &n->src[5], &n->src[7]};
+    const int rows = GGC_GEMV1_ROWS;
+    a.nseg = n->src[6].data ? 3 : 2;
+    a.seg_block[0] = 0;
+    for (int s = 0; s < a.nseg && ok; s++) {
+        const ggc_tensor *ws_ = ws[s], *d = ds[s];
+        ok = ws_->type == w->type && ws_->ne[0] == w->ne[0] && ws_->nb[1] == w->nb[1] && ws_->ne[2] == 1 &&
+             ws_->ne[3] == 1 && d->type == GGC_TYPE_F32 && d->nb[0] == 4 && d->ne[0] == ws_->ne[1] &&
+             ggc_cuda_nelements(d) == ws_->ne[1] && (quant || aligned16(ws_));
+        a.seg_w[s] = (const uint8_t *)ws_->data;
+        a.seg_dst[s] = (uint8_t *)d->data;
+        a.seg_rows[s] = ws_->ne[1];
+        a.seg_block[s + 1] = a.seg_block[s] + ggc_cdiv(ws_->ne[1], rows);
+    }
+    if (!ok) GGC_UNSUPPORTED("MUL_MAT with src[4..7] (sibling products): one column, weights of one layout, f32 results");
+    convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
+    const dim3 grid((unsigned)a.seg_block[a.nseg], 1);
+    if (quant) pick_gemv1(w->type, false)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
+    else pick_gemvf1(w->type, false)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
+}
 
 }  // namespace
 
@@ -956,10 +1110,10 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
     a.split = 1;
     if (n->src[3].data) { /* SWIGLU of two products of one column (the generated program checked the shapes) */
         const ggc_tensor *w2 = &n->src[3];
-        bool ok = p == PATH_MMVQ && w2->type == w->type && b->ne[1] == 1 && b->ne[2] == 1 && b->ne[3] == 1 &&
-                  w->ne[2] == 1 && w->ne[3] == 1;
+        bool ok = (p == PATH_MMVQ || (p == PATH_MMVF && gemvf1_ok(w))) && w2->type == w->type && b->ne[1] == 1 &&
+                  b->ne[2] == 1 && b->ne[3] == 1 && w->ne[2] == 1 && w->ne[3] == 1 && aligned16(w2);
         for (int i = 0; i < 4; i++) ok = ok && w2->ne[i] == w->ne[i] && w2->nb[i] == w->nb[i];
-        if (!ok) GGC_UNSUPPORTED("MUL_MAT with src[3] (SWIGLU): one column, quantized weights of one layout");
+        if (!ok) GGC_UNSUPPORTED("MUL_MAT with src[3] (SWIGLU): one column, weights of one layout (float: 16-byte rows)");
         a.w2 = (const uint8_t *)w2->data;
     }
     if (n->src[2].data) { /* a fused residual ADD: the generated program checked the layouts */
@@ -968,6 +1122,10 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
             if (r->ne[i] != d->ne[i] || r->nb[i] != d->nb[i] || r->type != GGC_TYPE_F32 || d->type != GGC_TYPE_F32)
                 GGC_UNSUPPORTED("MUL_MAT's added src[2] must be f32 laid out as dst");
         a.add = (const uint8_t *)r->data;
+    }
+    if (n->src[4].data) { /* sibling products of one column (the generated program checked the layouts) */
+        launch_siblings(n, p, a, ctx);
+        return;
     }
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     if (p == PATH_MMQ) {
@@ -988,6 +1146,12 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         const int rows = a.w2 ? 1 : GGC_GEMV1_ROWS;
         const dim3 grid(ggc_cuda_grid(a.N, rows), (unsigned)(a.ne12 * a.ne13));
         pick_gemv1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
+        return;
+    }
+    if (p == PATH_MMVF && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && gemvf1_ok(w)) { /* batch-1 decode */
+        const int rows = a.w2 ? 1 : GGC_GEMV1_ROWS;
+        const dim3 grid(ggc_cuda_grid(a.N, rows), (unsigned)(a.ne12 * a.ne13));
+        pick_gemvf1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
         return;
     }
     const int64_t shared_cols = a.ne11 * a.r2 * a.r3;

@@ -3,6 +3,10 @@
 // A graph's kernel groups are recorded once into a CUDA graph and replayed. The number of KV
 // cells attention reads (n_kv) is a run-time value: it is rounded up to a multiple of 256 and
 // each value gets its own recorded graph, as llama.cpp rebuilds its graph when n_kv grows.
+//
+// Host <-> arena copies of a step (inputs in, logits out) go through one pinned staging buffer and
+// the program's own stream: pageable cudaMemcpy of a 128k-vocabulary logits row cost a decode step
+// more than its attention did, and copies on the legacy stream were not ordered with the kernels.
 #include <cuda_runtime.h>
 
 #include <cstdarg>
@@ -19,6 +23,8 @@ namespace {
 constexpr int kMaxGraphs = 16;
 constexpr int kMaxExecs = 64;  // recorded graphs per program graph (n_kv values)
 constexpr int64_t kKvPad = 256;
+constexpr size_t kStageMin = size_t(1) << 20;   // pinned staging: grown to the largest copy up to...
+constexpr size_t kStageMax = size_t(64) << 20;  // ...this; larger copies (verify dumps) go unstaged
 
 thread_local char g_last_error[512] = "";
 
@@ -38,6 +44,8 @@ struct ggc_model {
     int64_t n_kv = 0;
     cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // around the last graph replay
     float last_ms = 0.0f;
+    char *stage = nullptr;  // pinned host memory
+    size_t stage_size = 0, stage_used = 0;  // bytes queued since the stream last went idle
     char error[512] = "";
 };
 
@@ -129,6 +137,7 @@ void ggc_model_free(ggc_model *m) {
     if (m->ev_start) cudaEventDestroy(m->ev_start);
     if (m->ev_stop) cudaEventDestroy(m->ev_stop);
     if (m->ctx.stream) cudaStreamDestroy(m->ctx.stream);
+    if (m->stage) cudaFreeHost(m->stage);
     cudaFree(m->ctx.work);
     cudaFree(m->arena);
     delete m;
@@ -150,15 +159,56 @@ int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err
     return rc;
 }
 
+// n bytes of the pinned staging buffer, free to fill: null when n is too large to stage. Waits for
+// the stream only when the bytes queued since it last went idle would not fit.
+static char *stage(ggc_model *m, size_t n) {
+    if (n > kStageMax) return nullptr;
+    const size_t need = (n + 255) & ~size_t(255);
+    if (m->stage_used + need > m->stage_size) {
+        if (cudaStreamSynchronize(m->ctx.stream) != cudaSuccess) return nullptr;
+        m->stage_used = 0;
+        if (need > m->stage_size) {
+            size_t size = m->stage_size ? m->stage_size : kStageMin;
+            while (size < need) size *= 2;
+            if (m->stage) cudaFreeHost(m->stage);
+            m->stage_size = 0;
+            if (cudaMallocHost(&m->stage, size) != cudaSuccess) {
+                m->stage = nullptr;
+                return nullptr;
+            }
+            m->stage_size = size;
+        }
+    }
+    char *p = m->stage + m->stage_used;
+    m->stage_used += need;
+    return p;
+}
+
 int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n) {
     if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return set_error(m->error, "write out of the arena");
-    CUDA_OR_FAIL(m, cudaMemcpy(m->arena + offset, src, n, cudaMemcpyHostToDevice));
+    char *p = stage(m, n);
+    if (!p) {  // too large to stage: from pageable memory, still in stream order
+        CUDA_OR_FAIL(m, cudaMemcpyAsync(m->arena + offset, src, n, cudaMemcpyHostToDevice, m->ctx.stream));
+        CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+        return 0;
+    }
+    memcpy(p, src, n);  // the caller's buffer is free again on return; the copy runs in stream order
+    CUDA_OR_FAIL(m, cudaMemcpyAsync(m->arena + offset, p, n, cudaMemcpyHostToDevice, m->ctx.stream));
     return 0;
 }
 
 int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n) {
     if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return set_error(m->error, "read out of the arena");
-    CUDA_OR_FAIL(m, cudaMemcpy(dst, m->arena + offset, n, cudaMemcpyDeviceToHost));
+    char *p = stage(m, n);
+    if (!p) {
+        CUDA_OR_FAIL(m, cudaMemcpyAsync(dst, m->arena + offset, n, cudaMemcpyDeviceToHost, m->ctx.stream));
+        CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+        return 0;
+    }
+    CUDA_OR_FAIL(m, cudaMemcpyAsync(p, m->arena + offset, n, cudaMemcpyDeviceToHost, m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+    m->stage_used = 0;
+    memcpy(dst, p, n);
     return 0;
 }
 
@@ -217,6 +267,7 @@ int ggc_model_run_graph(ggc_model *m, int g) {
     CUDA_OR_FAIL(m, cudaGraphLaunch(exec, m->ctx.stream));
     CUDA_OR_FAIL(m, cudaEventRecord(m->ev_stop, m->ctx.stream));
     CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+    m->stage_used = 0;
     CUDA_OR_FAIL(m, cudaEventElapsedTime(&m->last_ms, m->ev_start, m->ev_stop));
     return 0;
 }
@@ -266,7 +317,9 @@ int ggc_model_set_threads(ggc_model *m, int n_threads) {
     return 0;
 }
 
-void ggc_model_reset_state(ggc_model *m) { cudaMemset(m->arena + GGC_STATE_OFFSET, 0, GGC_STATE_SIZE); }
+void ggc_model_reset_state(ggc_model *m) {  // in stream order, so no kernel of a step can overtake it
+    cudaMemsetAsync(m->arena + GGC_STATE_OFFSET, 0, GGC_STATE_SIZE, m->ctx.stream);
+}
 int ggc_model_n_tensors(int g) { return valid_graph(g) ? GGC_GRAPHS[g].n_tensors : 0; }
 const ggc_tensor_info *ggc_model_tensor(int g, int i) {
     return valid_graph(g) && i >= 0 && i < GGC_GRAPHS[g].n_tensors ? &GGC_GRAPHS[g].tensors[i] : nullptr;
