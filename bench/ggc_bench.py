@@ -5,8 +5,10 @@
 Measures what llama-bench measures, on the same file: prefill of a --prompt-token batch from an
 empty cache (pp), and --gen decode steps of one token after a --prompt-token prompt (tg). Each
 figure is the median over --reps repetitions after one warm-up. Wall time covers the whole step as
-a user sees it (inputs written, the recorded CUDA graph replayed, logits read back, greedy pick);
-device time is CUDA events around the replay. The program is compiled for exactly the
+a greedy `ggc run` sees it (inputs written, the recorded CUDA graph replayed, the argmax of the logits
+taken on the GPU and its index read back: Model.eval_greedy); device time is CUDA events around the
+replay. llama-bench copies each token's logits to the host instead; decode_host_us shows what that
+copy would cost ggc ("read", not part of the step). The program is compiled for exactly the
 prefill batch (--prompt) and a context of prompt + gen tokens, as llama-bench sizes its context.
 --prepare only captures, compiles and builds the program (into the on-disk cache) and exits, so
 that the timed run later starts from the cache on an idle CPU.
@@ -46,14 +48,12 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
     for rep in range(reps + 1):  # rep 0 warms up (and records the CUDA graphs of each KV length)
         m.reset()
         t = time.perf_counter()
-        logits = m.eval(prompt)
+        tok = m.eval_greedy(prompt)
         wall, dev = time.perf_counter() - t, m.program.last_run_ms() / 1e3
         step_wall, step_dev = [], []
-        tok = int(np.argmax(logits))
         for _ in range(n_gen):
             t = time.perf_counter()
-            logits = m.eval([tok])
-            tok = int(np.argmax(logits))
+            tok = m.eval_greedy([tok])
             step_wall.append(time.perf_counter() - t)
             step_dev.append(m.program.last_run_ms() / 1e3)
         if rep:
@@ -63,7 +63,7 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
             tg_dev.append(sum(step_dev))
     plan = m.program.plan
     m.reset()
-    host = _host_breakdown(m, int(np.argmax(m.eval(prompt))))
+    host = _host_breakdown(m, m.eval_greedy(prompt))
     prof = {"decode": _profile(m, 1), "prefill": _profile(m, 0)}
     res = {
         "model": Path(path).name,
@@ -89,8 +89,9 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
 
 def _host_breakdown(m: Model, tok: int, steps: int = 32) -> dict:
     """Where a decode step's wall time goes, phase by phase (median µs over `steps` more tokens):
-    what Model.eval does for one token, timed piece by piece."""
-    gi, ph = 1, {"fill": [], "write": [], "run": [], "device": [], "read": [], "argmax": []}
+    what Model.eval_greedy does for one token, timed piece by piece; then, outside the step, what
+    reading the logits back would cost (Model.eval)."""
+    gi, ph = 1, {"fill": [], "write": [], "run": [], "device": [], "argmax": [], "read": []}
     filler, prog = m.fillers[1], m.program
     for _ in range(min(steps, m.ctx - m.n_past)):
         t0 = time.perf_counter()
@@ -102,9 +103,9 @@ def _host_breakdown(m: Model, tok: int, steps: int = 32) -> dict:
         t2 = time.perf_counter()
         prog.run(graph=gi)
         t3 = time.perf_counter()
-        logits = prog.get_f32(m._logits[gi], graph=gi)
+        tok = prog.argmax(m._logits[gi], graph=gi)
         t4 = time.perf_counter()
-        tok = int(np.argmax(logits))
+        prog.get_f32(m._logits[gi], graph=gi)
         t5 = time.perf_counter()
         m.n_past += 1
         for k, v in zip(ph, (t1 - t0, t2 - t1, t3 - t2, prog.last_run_ms() / 1e3, t4 - t3, t5 - t4)):

@@ -89,7 +89,9 @@ def report(d: Path, commit: str) -> str:
     if hosts:
         keys = list(hosts[0][1])
         out += ["", "ggc decode step phase by phase (median µs; `run` is the replay call's wall time, `device` the "
-                "CUDA events inside it):", "", "| model | " + " | ".join(keys) + " |",
+                "CUDA events inside it, `argmax` the greedy pick on the GPU with its index read back; `read`, "
+                "reading all logits back instead, is not part of the step):", "",
+                "| model | " + " | ".join(keys) + " |",
                 "| --- |" + " --- |" * len(keys)]
         out += [f"| {name} | " + " | ".join(f"{h.get(k, 0):.1f}" for k in keys) + " |" for name, h in hosts]
     for name, g, _ in summary:

@@ -158,7 +158,7 @@ def test_float_weights_pair_when_rows_are_vector_aligned() -> None:
 
 
 def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
-    from ggc.backends.cuda.emit import _matmul_call
+    from ggc.backends.cuda.emit import _library_call
 
     g = llama_q4_0
     groups = make_groups(g, live_nodes(g), CUDA_FUSION)
@@ -168,7 +168,7 @@ def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
     for grp in sib:
         assert sorted(t.name.split("-")[0] for t in grp.nodes) == ["Kcur", "Qcur", "Vcur"]
         assert grp.outputs == grp.nodes  # every product is read outside: nothing hides
-        call = _matmul_call(grp)
+        call = _library_call(grp)
         assert call is not None and call.dst is grp.nodes[0]
         assert call.srcs[4:] == [grp.nodes[1].src[0], grp.nodes[1], grp.nodes[2].src[0], grp.nodes[2]]
     # the later products moved up to the first, ahead of Q's ROPE; every reader still follows its writer
@@ -184,3 +184,38 @@ def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
         pre = s.capture(8, 1)[0]
     assert not any(len(grp.nodes) > 1 and all(t.op == "MUL_MAT" for t in grp.nodes)
                    for grp in make_groups(pre, live_nodes(pre), CUDA_FUSION))
+
+
+def test_rope_stores_k_into_its_cache_rows(llama_q4_0: Graph) -> None:
+    from ggc.backends.cuda.emit import _library_call
+
+    g = llama_q4_0
+    groups = make_groups(g, live_nodes(g), CUDA_FUSION)
+    stores = [grp for grp in groups if [t.op for t in grp.nodes] == ["ROPE", "SET_ROWS"]]
+    n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
+    assert len(stores) == n_layers  # K's ROPE in every layer; Q's ROPE is read by attention, not stored
+    for grp in stores:
+        rope, store = grp.nodes
+        assert rope.name.startswith("Kcur") and store.src[2].name.startswith("cache_k")
+        assert grp.outputs == [store]  # the roped K never goes to memory on its own
+        call = _library_call(grp)
+        assert call is not None and call.op is rope and call.dst is store and call.srcs[3] is store.src[1]
+    # without the rule, or when the roped rows have another reader, the two stay apart
+    assert not any(len(grp.nodes) == 2 and grp.nodes[0].op == "ROPE"
+                   for grp in make_groups(g, live_nodes(g), Fusion(elementwise=CUDA_FUSION.elementwise)))
+    from ggc.capture.builder import GraphBuilder
+
+    def rope_into_cache(also_read: bool) -> list[list[str]]:
+        with GraphBuilder() as b:
+            x = b.tensor("f32", (8, 2, 3), "x", input=True)
+            pos = b.tensor("i32", (3,), "pos", input=True)
+            cache = b.tensor("f16", (16, 10), "cache", input=True)
+            idx = b.tensor("i64", (3,), "idx", input=True)
+            r = b.op("rope_ext", x, pos, None, 8, 0, 64, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+            out = b.op("set_rows", cache, b.op("reshape_2d", r, 16, 3), idx)
+            g = b.capture(b.op("add", b.op("cpy", out, b.tensor("f32", (16, 10), "c")), b.op("sum", r))
+                          if also_read else out)
+        return [[t.op for t in grp.nodes] for grp in make_groups(g, live_nodes(g), CUDA_FUSION)]
+
+    assert ["ROPE", "SET_ROWS"] in rope_into_cache(False)
+    assert ["ROPE", "SET_ROWS"] not in rope_into_cache(True)

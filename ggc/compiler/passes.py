@@ -32,6 +32,9 @@ GLU_PAIRS = frozenset({"SWIGLU"})
 # Products that may run as one launch with the other products of the same one-column input (Q, K
 # and V of one norm): the launch reads the input once and covers every product's rows.
 SIBLING_PRODUCTS = frozenset({"MUL_MAT"})
+# Ops whose kernel can write its rows straight into the rows of a cache that the SET_ROWS reading it
+# picks (K after ROPE: the roped rows never go to memory on their own).
+ROW_STORES = frozenset({"ROPE"})
 MAX_SIBLINGS = 3
 
 
@@ -40,13 +43,15 @@ class Fusion:
     """What a backend's kernels can fuse (see make_groups): `elementwise` ops that may share a loop,
     row-wise `heads` that may start such a chain, ops whose kernel takes a residual ADD as an
     `epilogue`, two-source GLU ops (params "op") computed from the two products before them, and
-    products that run together with their `siblings` (other products of the same input)."""
+    products that run together with their `siblings` (other products of the same input), and ops
+    whose kernel `stores` its rows into the cache rows of the SET_ROWS that alone reads them."""
 
     elementwise: frozenset[str] = ELEMENTWISE
     heads: frozenset[str] = frozenset()
     epilogues: frozenset[str] = frozenset()
     glu_pairs: frozenset[str] = frozenset()
     siblings: frozenset[str] = frozenset()
+    stores: frozenset[str] = frozenset()
 
 
 ELEMENTWISE_FUSION = Fusion()  # elementwise chains only: the default
@@ -141,6 +146,10 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
                 and _add_epilogue_ok(prev, t, users, outputs)):
             current.nodes.append(t)
             continue
+        if (prev is not None and prev.op in fusion.stores and len(current.nodes) == 1 and t.op == "SET_ROWS"
+                and _row_store_ok(prev, t, users, outputs)):
+            current.nodes.append(t)
+            continue
         chain = prev is not None and (prev.op in fuse or (prev.op in heads and len(current.nodes) == 1))
         if (chain and t.op in fuse and t.src and t.src[0] is prev and _fusable(prev, t, users, outputs)
                 and not (prev.op in heads and not _row_head_ok(prev))):
@@ -151,7 +160,8 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
     for g in groups:
         inside = {t.id for t in g.nodes}
         g.outputs = [t for t in g.nodes if t is g.nodes[-1] or t.id in outputs
-                     or any(u.id not in inside for u in _readers(t, users, graph))]
+                     or any((u.id not in inside and u.op not in PURE_VIEWS) or u.id in outputs
+                            for u in _readers(t, users, graph))]
     return groups
 
 
@@ -181,6 +191,23 @@ def _sibling_ok(t: Tensor) -> bool:
     return (x.ne[1:] == (1, 1, 1) and w.ne[2:] == (1, 1) and w.is_contiguous() and t.view_src is None
             and t.type.name == "f32" and t.is_contiguous()
             and (w.type.blck_size > 1 or (w.ne[0] % 8 == 0 and w.nb[1] % 16 == 0)))
+
+
+def _row_store_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
+    """t = SET_ROWS(cache, rows of prev, idx) where prev (f32, contiguous, one sequence) is read by t
+    alone, directly or through one reshape to [ne0 * ne1, tokens]; a float cache with a row per token
+    of all of prev's heads, one index per token."""
+    rows, idx = t.src[0], t.src[1] if len(t.src) > 1 else None
+    if rows is None or idx is None or prev.id in outputs or t.type.name not in ("f32", "f16", "bf16"):
+        return False
+    if rows is not prev:
+        if (rows.view_src is not prev or rows.op not in ("RESHAPE", "VIEW") or not rows.is_contiguous()
+                or rows.view_offs != 0 or rows.id in outputs or [u.id for u in users[rows.id]] != [t.id]):
+            return False
+    n0, n1, n_tok, n3 = prev.ne
+    return ([u.id for u in users[prev.id]] == [rows.id] and prev.type.name == "f32" and prev.is_contiguous()
+            and prev.view_src is None and n3 == 1 and rows.ne == (n0 * n1, n_tok, 1, 1) and t.ne[0] == n0 * n1
+            and idx.type.name in ("i32", "i64") and idx.ne == (n_tok, 1, 1, 1) and idx.is_contiguous())
 
 
 def _readers(t: Tensor, users: dict[int, list[Tensor]], graph: Graph) -> list[Tensor]:

@@ -69,6 +69,9 @@ class InputFiller:
         self.mask_is_swa = {t.id: (_layer_of_mask(graph, t) in swa.layers) for t in self.inputs if "mask" in t.name}
         self._cells: dict[int, np.ndarray] = {}  # the cell indices of a mask width
         self.dtypes = {t.id: _dtype(t) for t in self.inputs}  # what fill() expects, by tensor id
+        self._kinds = [(t, "tokens" if t.name == "inp_tokens" else "pos" if t.name == "inp_pos"
+                        else "out_ids" if t.name == "out_ids" else "idxs" if t.name.endswith(("_k_idxs", "_v_idxs"))
+                        else "mask") for t in self.inputs]
         for t in self.inputs:
             if not self._fits(t):
                 raise GgcError(f"{t.label()}: cannot fill {t.nelements} elements for a batch of {self.n_tokens}")
@@ -95,21 +98,23 @@ class InputFiller:
 
     def fill(self, arrays: dict[int, np.ndarray], tokens: list[int], pos0: int) -> None:
         """Write every input's values into arrays[tensor id] (flat, of the input's element type): the
-        decode loop hands views of one pinned-size buffer, so a step allocates nothing."""
+        decode loop hands views of one reusable buffer, so a step allocates nothing."""
         n = len(tokens)
         if n != self.n_tokens:
             raise GgcError(f"this graph takes {self.n_tokens} tokens, got {n}")
-        pos = np.arange(pos0, pos0 + n)
-        for t in self.inputs:
+        pos = np.arange(pos0, pos0 + n) if n > 1 else pos0
+        for t, kind in self._kinds:
             a = arrays[t.id]
-            if t.name == "inp_tokens":
+            if kind == "tokens":
                 a[:] = tokens
-            elif t.name == "inp_pos":  # M-RoPE repeats the positions
+            elif kind == "pos":  # M-RoPE repeats the positions
                 a.reshape(-1, n)[:] = pos
-            elif t.name == "out_ids":  # the last n_outputs tokens
+            elif kind == "out_ids":  # the last n_outputs tokens
                 a[:] = np.arange(n - t.nelements, n)
-            elif t.name.endswith(("_k_idxs", "_v_idxs")):
+            elif kind == "idxs":
                 a[:] = pos
+            elif n == 1:  # decode: one row, filled by slices
+                self._mask_row(t, a, pos0, self.mask_is_swa[t.id])
             else:
                 self._mask(t, a, pos, self.mask_is_swa[t.id])
 
@@ -124,6 +129,17 @@ class InputFiller:
         if swa:
             keep &= (q - cells) < self.swa.n_swa
         out.reshape(-1, n_rows, n_kv)[:] = np.where(keep, 0.0, -np.inf)
+
+    def _mask_row(self, t: Tensor, out: np.ndarray, p: int, swa: bool) -> None:
+        """_mask for a batch of one token at position p: cells 0..p kept (those inside the window
+        when swa), every other cell and every padding row dropped."""
+        m = out.reshape(-1, t.ne[1], t.ne[0])
+        m[:, 0, : p + 1] = 0.0
+        m[:, 0, p + 1 :] = -np.inf
+        if swa and p - self.swa.n_swa >= 0:
+            m[:, 0, : p - self.swa.n_swa + 1] = -np.inf
+        if t.ne[1] > 1:
+            m[:, 1:, :] = -np.inf
 
 
 def _dtype(t: Tensor) -> type:

@@ -218,7 +218,8 @@ class Model:
         self.program.reset_state()
         self.n_past = 0
 
-    def _run(self, gi: int, tokens: list[int]) -> np.ndarray:
+    def _run(self, gi: int, tokens: list[int]) -> int:
+        """One step of graph gi over tokens; returns gi (its logits are in the arena)."""
         filler = self.fillers[gi]
         block = self.program.input_block(gi, filler.dtypes)
         filler.fill(block.arrays, tokens, self.n_past)
@@ -227,23 +228,34 @@ class Model:
         self.program.set_n_kv(self.n_past + len(tokens))
         self.program.run(graph=gi)
         self.n_past += len(tokens)
-        return self.program.get_f32(self._logits[gi], graph=gi)
+        return gi
 
     def eval(self, tokens: list[int]) -> np.ndarray:
         """Append tokens to the context; the logits after the last one."""
+        gi = self._advance(tokens)
+        return self.program.get_f32(self._logits[gi], graph=gi)
+
+    def eval_greedy(self, tokens: list[int]) -> int:
+        """Append tokens to the context; the most likely next token (argmax of the logits, computed
+        where they are: on the GPU only an index comes back)."""
+        gi = self._advance(tokens)
+        return self.program.argmax(self._logits[gi], graph=gi)
+
+    def _advance(self, tokens: list[int]) -> int:
+        """Run the steps that append tokens (prefill chunks, then single tokens); the last step's graph."""
         if not tokens:
             raise GgcError("eval needs at least one token")
         if self.n_past + len(tokens) > self.ctx:
             raise GgcError(f"{self.n_past + len(tokens)} tokens do not fit the context of {self.ctx}")
-        logits = None
+        gi = None
         i = 0
         while len(tokens) - i >= self.batch and self.batch > 1:
-            logits = self._run(0, tokens[i : i + self.batch])
+            gi = self._run(0, tokens[i : i + self.batch])
             i += self.batch
         for tok in tokens[i:]:
-            logits = self._run(1, [tok])
-        assert logits is not None
-        return logits
+            gi = self._run(1, [tok])
+        assert gi is not None
+        return gi
 
     def stream(self, prompt: str | list[int], n: int = 64, sampler: Sampler | None = None) -> Iterator[int]:
         """Yield generated tokens one by one (stops at an end-of-generation token)."""
@@ -254,18 +266,22 @@ class Model:
         self.reset()
         st = self.stats
         t0 = time.perf_counter()
-        logits = self.eval(toks)
+        greedy = sampler.temperature <= 0.0  # then only the argmax comes back from the program
+
+        def step(tokens: list[int]) -> int:
+            return self.eval_greedy(tokens) if greedy else sampler(self.eval(tokens))
+
+        tok = step(toks)
         st.prompt_tokens, st.prompt_s = len(toks), time.perf_counter() - t0
         st.gen_tokens, st.gen_s = 0, 0.0
         t1 = time.perf_counter()
         for _ in range(n):
-            tok = sampler(logits)
             st.gen_tokens += 1
             st.gen_s = time.perf_counter() - t1
             yield tok
             if self.is_eog(tok) or self.n_past >= self.ctx:
                 break
-            logits = self.eval([tok])
+            tok = step([tok])
         st.gen_s = time.perf_counter() - t1
 
     def generate(self, prompt: str | list[int], n: int = 64, sampler: Sampler | None = None,

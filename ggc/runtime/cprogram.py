@@ -54,6 +54,7 @@ class CProgram:
         L.ggc_model_run_group.argtypes = [C.c_void_p, C.c_int, C.c_int]
         L.ggc_model_write.argtypes = [C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t]
         L.ggc_model_read.argtypes = [C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t]
+        L.ggc_model_argmax.argtypes = [C.c_void_p, C.c_size_t, C.c_int64, C.POINTER(C.c_int64)]
         L.ggc_model_error.restype = C.c_char_p
         L.ggc_model_error.argtypes = [C.c_void_p]
         L.ggc_last_error.restype = C.c_char_p
@@ -143,6 +144,15 @@ class CProgram:
                                    t.nbytes) != 0:
             raise GgcError(f"{t.label()}: reading from the arena failed")
         return out
+
+    def argmax(self, t: Tensor, graph: int = 0) -> int:
+        """The index of an f32 tensor's largest value (the first of equal ones), found where the
+        tensor lives: greedy decoding reads back one index instead of a vocabulary of logits."""
+        if t.type.name != "f32" or not t.is_contiguous():
+            raise GgcError(f"{t.label()}: argmax of a {t.type.name} tensor (f32, contiguous only)")
+        out = C.c_int64()
+        self._check(self.lib.ggc_model_argmax(self.m, self.plans[graph].offset_of(t), t.nelements, C.byref(out)))
+        return out.value
 
     def set_n_kv(self, n_kv: int) -> None:
         self.lib.ggc_model_set_n_kv(self.m, n_kv)

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from ... import __version__
 from ...compiler.arena import Plan
-from ...compiler.passes import ADD_EPILOGUES, GLU_PAIRS, NO_FUSION, ROW_HEADS, SIBLING_PRODUCTS, Fusion, Group
+from ...compiler.passes import (
+    ADD_EPILOGUES,
+    GLU_PAIRS,
+    NO_FUSION,
+    ROW_HEADS,
+    ROW_STORES,
+    SIBLING_PRODUCTS,
+    Fusion,
+    Group,
+)
 from ...errors import GgcError
 from ...ir.graph import Graph, Tensor
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
@@ -44,9 +53,9 @@ DEFAULT_ARCHS = ("80", "86", "89", "90")
 # kernel (_row_group_cuda; RMS_NORM only until NORM's generated path, mean then variance, has run on a
 # GPU against ggml: no tiny model has a NORM); products storing through a residual ADD, gate/up
 # products with their SWIGLU, and the matrix-vector products of one input (Q, K, V), each as one call
-# of the matrix-product kernel (_matmul_call)
+# of the matrix-product kernel; ROPE storing K straight into its cache rows, as one ROPE call (_library_call)
 CUDA_FUSION = Fusion(elementwise=FUSABLE, heads=ROW_HEADS & frozenset({"RMS_NORM"}), epilogues=ADD_EPILOGUES,
-                     glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS)
+                     glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS, stores=ROW_STORES)
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,13 +134,18 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     return lines
 
 
-def _matmul_call(grp: Group) -> Call | None:
-    """Fused groups that run as one call of the matrix-product kernel, whose results never go to memory:
+def _library_call(grp: Group) -> Call | None:
+    """Fused groups that run as one call of a library kernel, whose hidden results never go to memory:
+    - ROPE then the SET_ROWS that stores its rows: the SET_ROWS' indices are src[3], dst its cache;
     - MUL_MAT then the ADD that alone reads it: the ADD's other operand is src[2], added as it stores;
     - two matrix-vector products then the SWIGLU of them: the second weight is src[3], the kernel
       reads the shared input once and stores silu(first) * second;
     - matrix-vector products of one input: the others' weights and results are src[4], src[5] and
       src[6], src[7]; one launch covers the rows of all."""
+    if grp.nodes[0].op in CUDA_FUSION.stores:
+        rope, store = grp.nodes
+        return Call(rope, store, [rope.src[0], rope.src[1], rope.src[2] if len(rope.src) > 2 else None,
+                                  store.src[1]])
     if grp.nodes[0].op not in CUDA_FUSION.epilogues | CUDA_FUSION.siblings:
         return None
     if all(t.op == "MUL_MAT" for t in grp.nodes):
@@ -209,7 +223,7 @@ def regrouped_weights(plans: list[Plan]) -> set[str]:
 
 CUDA_ABI = KernelABI(op_prefix="ggc_cuda_op_", work_prefix="ggc_cuda_work_", ctx_type="const ggc_cuda_ctx",
                      linkage='extern "C" ', has_symbol=_has_cuda_symbol, fused=_fused_group_cuda,
-                     act_reuse=_act_reuse, call_node=_matmul_call)
+                     act_reuse=_act_reuse, call_node=_library_call)
 
 MAKEFILE = """\
 # Build the generated CUDA program: `make` gives ./{name} (a CLI) and lib{name}.so (the C API).

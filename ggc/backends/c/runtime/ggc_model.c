@@ -66,6 +66,17 @@ int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n) {
     return 0;
 }
 
+int ggc_model_argmax(ggc_model *m, size_t offset, int64_t n, int64_t *index) {
+    if (n <= 0 || offset % sizeof(float) || offset > GGC_ARENA_SIZE || (size_t)n > (GGC_ARENA_SIZE - offset) / 4)
+        return -1;
+    const float *x = (const float *)(m->arena + offset);
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best] || (x[best] != x[best] && x[i] == x[i])) best = i; /* a NaN start gives way */
+    *index = best;
+    return 0;
+}
+
 ggc_model *ggc_model_create(void) {
     if (GGC_N_GRAPHS > 16) return NULL;
     ggc_model *m = calloc(1, sizeof *m);

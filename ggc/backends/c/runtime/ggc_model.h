@@ -62,6 +62,9 @@ const void *ggc_model_graph_output(ggc_model *m, int graph, const char *name, in
 /* Copy between the caller's memory and the arena (the arena may be on a GPU): 0, or -1. */
 int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n);
 int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n);
+/* The index of the largest of n f32 values at offset (the first of equal ones; NaN never wins), for
+ * greedy decoding without copying the logits out: 0, or -1. */
+int ggc_model_argmax(ggc_model *m, size_t offset, int64_t n, int64_t *index);
 
 /* Run every kernel group of a graph in order: 0, or -1 with ggc_model_error() saying why. */
 int ggc_model_run(ggc_model *m);

@@ -462,27 +462,67 @@ static __global__ void __launch_bounds__(GGC_MMVF_THREADS) ggc_k_mmvf(const ggc_
         }
 }
 
-/* One column of float weights (batch-1 decode), gemv1's shape: a block of 4 warps per ROWS weight
- * rows, each thread 8 elements (a 16-byte f16 / bf16 load, two for f32) of each row at a time, U
- * steps' loads issued before any product so that a thread keeps U * WR loads in flight (mmvf's
- * warp per row kept one). Needs 16-byte aligned rows and K % 8 == 0; src1 is f32 (a.act, rows of
- * a.act_stride). SWIGLU as in ggc_k_gemv1: gate rows from a.w, up rows from a.w2. */
+/* One column of float weights (batch-1 decode): a warp per ROWS weight rows (4 warps a block), each
+ * lane 8 elements (16 bytes of f16 / bf16, 32 of f32) of each row at a time, lanes side by side so
+ * that a warp's loads are whole 512-byte runs; U steps' loads are issued raw before any is converted,
+ * so a lane keeps U * WR loads in flight (mmvf's warp kept one), and a warp reduction finishes the
+ * row (no block barrier: blocks retire as their warps do). Needs 16-byte aligned rows and K % 8 == 0;
+ * src1 is f32 (a.act, rows of a.act_stride). SWIGLU as in ggc_k_gemv1: gate rows from a.w, up rows
+ * from a.w2. */
+#define GGC_GEMVF1_WARPS 4
+template <ggc_type T> struct ggc_raw8 { /* 8 weights as loaded */
+    static constexpr int N = T == GGC_TYPE_F32 ? 2 : 1;
+    uint4 v[N];
+    __device__ __forceinline__ void load(const uint8_t *row, int64_t k) {
+#pragma unroll
+        for (int i = 0; i < N; i++) v[i] = __ldg((const uint4 *)(row + k * ggc_cuda_tsize(T)) + i);
+    }
+    __device__ __forceinline__ float dot(const float4 y0, const float4 y1) const {
+        float w[8];
+        if constexpr (T == GGC_TYPE_F32) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) w[i] = __uint_as_float((&v[0].x)[i]), w[4 + i] = __uint_as_float((&v[1].x)[i]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const uint32_t u = (&v[0].x)[j];
+                if constexpr (T == GGC_TYPE_BF16) {
+                    w[2 * j] = __uint_as_float(u << 16);
+                    w[2 * j + 1] = __uint_as_float(u & 0xFFFF0000u);
+                } else {
+                    w[2 * j] = ggc_h2f((uint16_t)u);
+                    w[2 * j + 1] = ggc_h2f((uint16_t)(u >> 16));
+                }
+            }
+        }
+        float t = w[0] * y0.x;
+        t = fmaf(w[1], y0.y, t);
+        t = fmaf(w[2], y0.z, t);
+        t = fmaf(w[3], y0.w, t);
+        t = fmaf(w[4], y1.x, t);
+        t = fmaf(w[5], y1.y, t);
+        t = fmaf(w[6], y1.z, t);
+        return fmaf(w[7], y1.w, t);
+    }
+};
+
 template <ggc_type T, int ROWS, bool SWIGLU>
-static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemvf1(const ggc_mm_args a) {
-    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = GGC_GEMV1_THREADS / 32, U = 4;
-    __shared__ float red[WR][NW];
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
-    int64_t n0 = (int64_t)blockIdx.x * ROWS, N = a.N;
+static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(const ggc_mm_args a) {
+    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, U = 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    int64_t n0 = (int64_t)blockIdx.x * GGC_GEMVF1_WARPS * ROWS, N = a.N;
     const int64_t z = blockIdx.y;
     const uint8_t *wmat = nullptr;
     uint8_t *dst = a.dst;
     int64_t arow, doff;
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return;
-    ggc_mm_segment(a, ROWS, wmat, dst, N, n0);
+    ggc_mm_segment(a, GGC_GEMVF1_WARPS * ROWS, wmat, dst, N, n0);
+    n0 += (int64_t)warp * ROWS;
+    if (n0 >= N) return; /* a whole warp: no barrier follows */
     const uint8_t *wr[WR];
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
-        const int64_t n = min(n0 + r, N - 1);
+        const int64_t n = min(n0 + r, N - 1); /* rows past the end read the last one, not stored */
         wr[r] = wmat + n * a.nb01;
         if (SWIGLU) wr[ROWS + r] = a.w2 + (wmat - a.w) + n * a.nb01;
     }
@@ -491,52 +531,36 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemvf1(const g
     float acc[WR];
 #pragma unroll
     for (int r = 0; r < WR; r++) acc[r] = 0.0f;
-    for (int64_t k0 = 8 * tid; k0 < K; k0 += 8 * GGC_GEMV1_THREADS * U) {
-        float w[U][WR][8];
+    for (int64_t k0 = 8 * lane; k0 < K; k0 += 8 * 32 * U) {
+        ggc_raw8<T> w[U][WR];
         float4 y[U][2];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int64_t k = k0 + 8 * GGC_GEMV1_THREADS * u;
+            const int64_t k = k0 + 8 * 32 * u;
             if (k < K) {
 #pragma unroll
-                for (int r = 0; r < WR; r++) ggc_load8_float<T, true>(wr[r], k, K, w[u][r]);
+                for (int r = 0; r < WR; r++) w[u][r].load(wr[r], k);
                 y[u][0] = __ldg((const float4 *)(x + k));
                 y[u][1] = __ldg((const float4 *)(x + k) + 1);
             }
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            if (k0 + 8 * GGC_GEMV1_THREADS * u >= K) break;
+            if (k0 + 8 * 32 * u >= K) break;
 #pragma unroll
-            for (int r = 0; r < WR; r++) {
-                float t = acc[r];
-                t = fmaf(w[u][r][0], y[u][0].x, t);
-                t = fmaf(w[u][r][1], y[u][0].y, t);
-                t = fmaf(w[u][r][2], y[u][0].z, t);
-                t = fmaf(w[u][r][3], y[u][0].w, t);
-                t = fmaf(w[u][r][4], y[u][1].x, t);
-                t = fmaf(w[u][r][5], y[u][1].y, t);
-                t = fmaf(w[u][r][6], y[u][1].z, t);
-                t = fmaf(w[u][r][7], y[u][1].w, t);
-                acc[r] = t;
-            }
+            for (int r = 0; r < WR; r++) acc[r] += w[u][r].dot(y[u][0], y[u][1]);
         }
     }
 #pragma unroll
-    for (int r = 0; r < WR; r++) {
-        const float v = ggc_warp_sum(acc[r]);
-        if (lane == 0) red[r][warp] = v;
-    }
-    __syncthreads();
-    if (tid < ROWS && n0 + tid < N) {
-        float v = 0.0f, u = 0.0f;
+    for (int r = 0; r < WR; r++) acc[r] = ggc_warp_sum(acc[r]);
+    if (lane == 0) {
 #pragma unroll
-        for (int w = 0; w < NW; w++) {
-            v += red[tid][w];
-            if (SWIGLU) u += red[ROWS + tid][w];
+        for (int r = 0; r < ROWS; r++) {
+            if (n0 + r >= N) break;
+            float v = acc[r];
+            if (SWIGLU) v = v / (1.0f + expf(-v)) * acc[ROWS + r];
+            ggc_mm_store_to(a, dst, doff + (n0 + r) * a.nbd0, v);
         }
-        if (SWIGLU) v = v / (1.0f + expf(-v)) * u;
-        ggc_mm_store_to(a, dst, doff + (n0 + tid) * a.nbd0, v);
     }
 }
 
@@ -934,8 +958,13 @@ template <ggc_type T> mm_kernel mmq_kernel(int mt, bool vec) {
         X(GGC_TYPE_Q3_K) X(GGC_TYPE_Q4_K) X(GGC_TYPE_Q5_K) X(GGC_TYPE_Q6_K)
 #define GGC_MM_FLOAT_TYPES(X) X(GGC_TYPE_F32) X(GGC_TYPE_F16) X(GGC_TYPE_BF16)
 
-/* one-column kernels (ggc_k_gemv1): 2 rows a block, or 1 SWIGLU row (a gate and an up row) */
+/* one-column kernels: ggc_k_gemv1 2 rows a block, ggc_k_gemvf1 2 rows a warp; or 1 SWIGLU row (a
+ * gate and an up row) */
 #define GGC_GEMV1_ROWS 2
+#define GGC_GEMVF1_ROWS 2
+int gemv_rows_per_block(bool quant, bool swiglu) {
+    return quant ? (swiglu ? 1 : GGC_GEMV1_ROWS) : GGC_GEMVF1_WARPS * (swiglu ? 1 : GGC_GEMVF1_ROWS);
+}
 mm_kernel pick_gemv1(ggc_type t, bool swiglu) {
     switch (t) {
 #define X(T) \
@@ -948,7 +977,7 @@ mm_kernel pick_gemv1(ggc_type t, bool swiglu) {
 mm_kernel pick_gemvf1(ggc_type t, bool swiglu) {
     switch (t) {
 #define X(T) \
-    case T: return swiglu ? ggc_k_gemvf1<T, 1, true> : ggc_k_gemvf1<T, GGC_GEMV1_ROWS, false>;
+    case T: return swiglu ? ggc_k_gemvf1<T, 1, true> : ggc_k_gemvf1<T, GGC_GEMVF1_ROWS, false>;
         GGC_MM_FLOAT_TYPES(X)
 #undef X
     default: return nullptr;
@@ -1073,7 +1102,7 @@ void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cud
     bool ok = (quant || (p == PATH_MMVF && gemvf1_ok(w))) && b->ne[1] == 1 && b->ne[2] == 1 && b->ne[3] == 1 &&
               !n->src[2].data && !n->src[3].data;
     const ggc_tensor *ws[3] = {w, &n->src[4], &n->src[6]}, *ds[3] = {&n->dst, &n->src[5], &n->src[7]};
-    const int rows = GGC_GEMV1_ROWS;
+    const int rows = gemv_rows_per_block(quant, false);
     a.nseg = n->src[6].data ? 3 : 2;
     a.seg_block[0] = 0;
     for (int s = 0; s < a.nseg && ok; s++) {
@@ -1090,7 +1119,7 @@ void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cud
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     const dim3 grid((unsigned)a.seg_block[a.nseg], 1);
     if (quant) pick_gemv1(w->type, false)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
-    else pick_gemvf1(w->type, false)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
+    else pick_gemvf1(w->type, false)<<<grid, GGC_GEMVF1_WARPS * 32, 0, ctx->stream>>>(a);
 }
 
 }  // namespace
@@ -1143,15 +1172,13 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         return;
     }
     if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged_mmv())) { /* batch-1 decode */
-        const int rows = a.w2 ? 1 : GGC_GEMV1_ROWS;
-        const dim3 grid(ggc_cuda_grid(a.N, rows), (unsigned)(a.ne12 * a.ne13));
+        const dim3 grid(ggc_cuda_grid(a.N, gemv_rows_per_block(true, a.w2)), (unsigned)(a.ne12 * a.ne13));
         pick_gemv1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
         return;
     }
     if (p == PATH_MMVF && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && gemvf1_ok(w)) { /* batch-1 decode */
-        const int rows = a.w2 ? 1 : GGC_GEMV1_ROWS;
-        const dim3 grid(ggc_cuda_grid(a.N, rows), (unsigned)(a.ne12 * a.ne13));
-        pick_gemvf1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
+        const dim3 grid(ggc_cuda_grid(a.N, gemv_rows_per_block(false, a.w2)), (unsigned)(a.ne12 * a.ne13));
+        pick_gemvf1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMVF1_WARPS * 32, 0, ctx->stream>>>(a);
         return;
     }
     const int64_t shared_cols = a.ne11 * a.r2 * a.r3;

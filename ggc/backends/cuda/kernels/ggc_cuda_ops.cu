@@ -753,7 +753,20 @@ struct rope_args {
     float freq_scale, ext_factor, attn_factor, corr0, corr1, theta_scale;
     int64_t n_pairs, first, step, offset;
     bool copy_rest;
+    /* rows mode (a ROPE and the SET_ROWS that stores it, fused): token i2's heads go side by side
+     * into row rows[i2] (i32 / i64) of d, a cache of n_rows rows of row_nb bytes; sd then has a's
+     * shape with nb0 = the cache's element size and nb1 = a head's bytes there */
+    const char *rows;
+    bool rows64;
+    int64_t n_rows, row_nb;
 };
+
+/* where head i1 of token (i2, i3) goes */
+__device__ __forceinline__ char *rope_out(const rope_args &p, int64_t i1, int64_t i2, int64_t i3) {
+    if (!p.rows) return row_of(p.d, p.sd, i1, i2, i3);
+    const int64_t r = p.rows64 ? ((const int64_t *)p.rows)[i2] : ((const int32_t *)p.rows)[i2];
+    return r >= 0 && r < p.n_rows ? p.d + r * p.row_nb + i1 * p.sd.nb[1] : nullptr; /* ggml asserts the range */
+}
 
 /* the angle of pair pp for this token, by ggml's recurrence (ggml_rope_cache_init /
  * ggml_mrope_cache_init): the streams start at the positions and are multiplied by theta_scale
@@ -819,7 +832,8 @@ __global__ void k_rope(rope_args p) {
         const int64_t j = p.first + pp * p.step;
         for (int64_t i1 = h0 + threadIdx.y; i1 < h1; i1 += blockDim.y) {
             const char *x = row_of(p.a, p.sa, i1, i2, i3);
-            char *y = row_of(p.d, p.sd, i1, i2, i3);
+            char *y = rope_out(p, i1, i2, i3);
+            if (!y) continue;
             const float x0 = ggc_load_f(x + j * p.sa.nb[0], p.ta), x1 = ggc_load_f(x + (j + p.offset) * p.sa.nb[0], p.ta);
             ggc_store_f(y + j * p.sd.nb[0], p.td, fmaf(x0, cs, -(x1 * sn)));
             ggc_store_f(y + (j + p.offset) * p.sd.nb[0], p.td, fmaf(x0, sn, x1 * cs));
@@ -832,7 +846,8 @@ __global__ void k_rope(rope_args p) {
             const int64_t i1 = idx / nrest, cc = idx % nrest;
             const int64_t i0 = cc < p.n_offs ? cc : cc + p.n_dims;
             const float v = ggc_load_f(row_of(p.a, p.sa, i1, i2, i3) + i0 * p.sa.nb[0], p.ta);
-            ggc_store_f(row_of(p.d, p.sd, i1, i2, i3) + i0 * p.sd.nb[0], p.td, v);
+            char *y = rope_out(p, i1, i2, i3);
+            if (y) ggc_store_f(y + i0 * p.sd.nb[0], p.td, v);
         }
     }
 }
@@ -999,15 +1014,34 @@ GLU_ENTRY(geglu_erf)
 GLU_ENTRY(geglu_quick)
 GLU_ENTRY(swiglu_clamp)
 
+/* src[3], when present (the generated program adds it for a ROPE whose only reader is a SET_ROWS
+ * of its rows, and checked the shapes): SET_ROWS' row indices, one per token; dst is then the
+ * SET_ROWS' destination (a float cache, [ne0 * ne1 of src0, rows]) and the roped rows go there */
 void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
-    const ggc_tensor *a = &n->src[0], *pos = &n->src[1], *d = &n->dst;
-    if (!is_float_type(a->type) || a->type != d->type || pos->type != GGC_TYPE_I32)
+    const ggc_tensor *a = &n->src[0], *pos = &n->src[1], *d = &n->dst, *ix = &n->src[3];
+    const bool to_rows = ix->data != nullptr;
+    if (!is_float_type(a->type) || !is_float_type(d->type) || (!to_rows && a->type != d->type) ||
+        pos->type != GGC_TYPE_I32)
         GGC_UNSUPPORTED("ROPE of types %d -> %d, positions %d", a->type, d->type, pos->type);
     rope_args p;
     p.a = (const char *)a->data;
     p.d = (char *)d->data;
     p.sa = ggc_cuda_shape_of(a);
     p.sd = ggc_cuda_shape_of(d);
+    p.rows = nullptr;
+    if (to_rows) {
+        if (a->ne[3] != 1 || ix->ne[0] != a->ne[2] || ggc_cuda_nelements(ix) != a->ne[2] ||
+            d->ne[0] != a->ne[0] * a->ne[1] || d->nb[0] != (size_t)ggc_cuda_tsize(d->type) ||
+            (ix->type != GGC_TYPE_I32 && ix->type != GGC_TYPE_I64) || (ix->type == GGC_TYPE_I64 ? 8 : 4) != ix->nb[0])
+            GGC_UNSUPPORTED("ROPE into SET_ROWS rows: one sequence, a row per token, rows of all heads");
+        p.rows = (const char *)ix->data;
+        p.rows64 = ix->type == GGC_TYPE_I64;
+        p.n_rows = d->ne[1];
+        p.row_nb = (int64_t)d->nb[1];
+        p.sd = p.sa; /* the logical shape is src0's; addresses come from rope_out */
+        p.sd.nb[0] = d->nb[0];
+        p.sd.nb[1] = (int64_t)d->nb[0] * a->ne[0];
+    }
     p.ta = a->type;
     p.td = d->type;
     p.pos = (const int32_t *)pos->data;
@@ -1027,13 +1061,13 @@ void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
     p.corr0 = 0.0f > start ? 0.0f : start;
     p.corr1 = (float)(p.n_dims - 1) < end ? (float)(p.n_dims - 1) : end;
     const bool vision = p.mode == MODE_VISION;
-    p.n_pairs = vision ? d->ne[0] / 2 : p.n_dims / 2;
+    p.n_pairs = vision ? p.sd.ne[0] / 2 : p.n_dims / 2;
     p.first = vision ? 0 : p.n_offs;
     p.step = (p.mode & MODE_NEOX) || (p.mode & MODE_MROPE) ? 1 : 2;
     p.offset = vision ? p.n_dims : p.step == 1 ? p.n_dims / 2 : 1;
-    p.copy_rest = !vision && d->ne[0] > p.n_dims && !same_view(a, d);
-    const int64_t tokens = d->ne[2] * d->ne[3];
-    if (tokens <= 0 || d->ne[1] <= 0) return;
+    p.copy_rest = !vision && p.sd.ne[0] > p.n_dims && !same_view(a, d);
+    const int64_t tokens = p.sd.ne[2] * p.sd.ne[3];
+    if (tokens <= 0 || p.sd.ne[1] <= 0) return;
     if (p.n_pairs < 1 && !p.copy_rest) return;
     int bx = (int)((p.n_pairs + 31) / 32) * 32;
     if (bx < 32) bx = 32;
@@ -1041,7 +1075,7 @@ void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
     const int by = 128 / bx;
     const int64_t gy = p.n_pairs > 0 ? ggc_cdiv(p.n_pairs, bx) : 1;
     /* head tiles: enough blocks to fill the GPU for one token, one tile for long batches */
-    const int64_t gz = tokens >= 64 ? 1 : ggc_cdiv(d->ne[1], by);
+    const int64_t gz = tokens >= 64 ? 1 : ggc_cdiv(p.sd.ne[1], by);
     if (tokens > 0x7fffffff || gy > 65535 || gz > 65535) GGC_UNSUPPORTED("ROPE grid too large");
     k_rope<<<dim3((unsigned)tokens, (unsigned)gy, (unsigned)gz), dim3(bx, by, 1), 0, c->stream>>>(p);
 }

@@ -9,6 +9,7 @@
 // more than its attention did, and copies on the legacy stream were not ordered with the kernels.
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +45,7 @@ struct ggc_model {
     int64_t n_kv = 0;
     cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // around the last graph replay
     float last_ms = 0.0f;
+    int64_t *argmax_out = nullptr;  // device: ggc_model_argmax's result
     char *stage = nullptr;  // pinned host memory
     size_t stage_size = 0, stage_used = 0;  // bytes queued since the stream last went idle
     char error[512] = "";
@@ -120,6 +122,7 @@ ggc_model *ggc_model_create(void) {
         goto fail;
     }
     if (cudaStreamCreateWithFlags(&m->ctx.stream, cudaStreamNonBlocking) != cudaSuccess) goto fail;
+    if (cudaMalloc(&m->argmax_out, sizeof(int64_t)) != cudaSuccess) goto fail;
     if (cudaEventCreate(&m->ev_start) != cudaSuccess || cudaEventCreate(&m->ev_stop) != cudaSuccess) goto fail;
     return m;
 fail:
@@ -138,6 +141,7 @@ void ggc_model_free(ggc_model *m) {
     if (m->ev_stop) cudaEventDestroy(m->ev_stop);
     if (m->ctx.stream) cudaStreamDestroy(m->ctx.stream);
     if (m->stage) cudaFreeHost(m->stage);
+    cudaFree(m->argmax_out);
     cudaFree(m->ctx.work);
     cudaFree(m->arena);
     delete m;
@@ -171,6 +175,7 @@ static char *stage(ggc_model *m, size_t n) {
             size_t size = m->stage_size ? m->stage_size : kStageMin;
             while (size < need) size *= 2;
             if (m->stage) cudaFreeHost(m->stage);
+    cudaFree(m->argmax_out);
             m->stage_size = 0;
             if (cudaMallocHost(&m->stage, size) != cudaSuccess) {
                 m->stage = nullptr;
@@ -209,6 +214,46 @@ int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n) {
     CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
     m->stage_used = 0;
     memcpy(dst, p, n);
+    return 0;
+}
+
+// one block: each thread the best of its strided elements, then a shared-memory tree; ties (and the
+// order of equal maxima) resolve to the lower index, as a left-to-right scan would
+__global__ void argmax_kernel(const float *x, int64_t n, int64_t *out) {
+    __shared__ float sv[1024];
+    __shared__ int64_t si[1024];
+    float bv = -INFINITY;
+    int64_t bi = -1;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i];
+        if (v > bv || (bi < 0 && v == v)) bv = v, bi = i;
+    }
+    sv[threadIdx.x] = bv;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float v = sv[threadIdx.x + s];
+            const int64_t i = si[threadIdx.x + s];
+            if (i >= 0 && (si[threadIdx.x] < 0 || v > sv[threadIdx.x] || (v == sv[threadIdx.x] && i < si[threadIdx.x])))
+                sv[threadIdx.x] = v, si[threadIdx.x] = i;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = si[0] < 0 ? 0 : si[0];
+}
+
+int ggc_model_argmax(ggc_model *m, size_t offset, int64_t n, int64_t *index) {
+    if (n <= 0 || offset % sizeof(float) || offset > GGC_ARENA_SIZE || (size_t)n > (GGC_ARENA_SIZE - offset) / 4)
+        return set_error(m->error, "argmax out of the arena");
+    char *p = stage(m, sizeof(int64_t));
+    if (!p) return set_error(m->error, "out of pinned host memory");
+    argmax_kernel<<<1, 1024, 0, m->ctx.stream>>>((const float *)(m->arena + offset), n, m->argmax_out);
+    CUDA_OR_FAIL(m, cudaGetLastError());
+    CUDA_OR_FAIL(m, cudaMemcpyAsync(p, m->argmax_out, sizeof(int64_t), cudaMemcpyDeviceToHost, m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+    m->stage_used = 0;
+    memcpy(index, p, sizeof(int64_t));
     return 0;
 }
 
