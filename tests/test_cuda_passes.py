@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ggc.backends.c.emit import C_FUSION, plan_program
-from ggc.backends.cuda.emit import CUDA_FUSION, _act_reuse, regrouped_weights
+from ggc.backends.cuda.emit import CUDA_FUSION, _act_reuse, _quantizing_norms, regrouped_weights
 from ggc.compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, Fusion, live_nodes, make_groups
 from ggc.ir.graph import Graph
 from ggc.models.quantize import tiny_model
@@ -65,12 +65,30 @@ def test_act_reuse_q_k_v_and_gate_up(llama_q4_0: Graph) -> None:
     reuse = _act_reuse(p, lambda op: op in ("MUL_MAT", "MUL_MAT_ID", "FLASH_ATTN_EXT"))
     names = sorted(p.groups[i].nodes[0].name.split("-")[0] for i in reuse)
     n_layers = sum(1 for t in llama_q4_0.nodes if t.op == "FLASH_ATTN_EXT")
-    # K and V reuse Q's conversion (one ROPE between them uses no work memory), up reuses gate's
+    # K and V reuse Q's conversion (one ROPE between them uses no work memory), up reuses gate's;
+    # Q and gate take theirs from the norm before them, which quantized its row (q4_0 weights dot q8_0)
     assert names.count("Kcur") == names.count("Vcur") == names.count("ffn_up") == n_layers
-    assert set(names) == {"Kcur", "Vcur", "ffn_up"}
-    # a kernel that writes the work buffer in between breaks the chain
+    assert names.count("Qcur") == names.count("ffn_gate") == n_layers
+    assert set(names) - {"result_output"} == {"Kcur", "Vcur", "ffn_up", "Qcur", "ffn_gate"}
+    norms = _quantizing_norms(p)
+    assert {g + 1 for g in norms} <= reuse and all(p.groups[g].nodes[0].op == "RMS_NORM" for g in norms)
+    # a kernel that writes the work buffer in between breaks the chain (the norms' rule stands alone)
     assert _act_reuse(p, lambda op: op != "RMS_NORM") == {
-        i for i in reuse if p.groups[i - 1].nodes[0].op == "MUL_MAT"}
+        i for i in reuse if p.groups[i - 1].nodes[0].op == "MUL_MAT" or i - 1 in norms}
+
+
+def test_norms_quantize_only_for_one_row_of_q8_0_products() -> None:
+    from ggc.capture.llama import LlamaSession, SessionOptions
+
+    for quant, want in (("f16", False), ("q4_k_m", False), ("q8_0", True)):
+        g = _decode_graph("llama", quant)
+        p = plan_program(g, False, CUDA_FUSION, None)[2][0]
+        assert bool(_quantizing_norms(p)) is want, quant
+    with LlamaSession(tiny_model("llama", "q4_0"), SessionOptions(n_ctx=256, n_batch=8)) as s:
+        pre = s.capture(8, 1)[0]
+    p = plan_program(pre, False, CUDA_FUSION, None)[2][0]
+    # a prefill's norms (8 rows) leave conversion to the tensor-core path, except the output norm's one row
+    assert all(p.groups[g].nodes[-1].ne[1] == 1 for g in _quantizing_norms(p))
 
 
 def test_regrouped_weights(llama_q4_0: Graph) -> None:

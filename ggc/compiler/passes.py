@@ -160,7 +160,7 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
     for g in groups:
         inside = {t.id for t in g.nodes}
         g.outputs = [t for t in g.nodes if t is g.nodes[-1] or t.id in outputs
-                     or any((u.id not in inside and u.op not in PURE_VIEWS) or u.id in outputs
+                     or any(u.id in outputs if u.op in PURE_VIEWS else u.id not in inside
                             for u in _readers(t, users, graph))]
     return groups
 

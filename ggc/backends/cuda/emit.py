@@ -93,10 +93,30 @@ def _chain_lines(p: Plan, nodes: list[Tensor], indent: str) -> list[str]:
 ROW_REGS = 16
 
 
+# Weight types whose one-column products dot q8_0 activations (ggml's vec_dot_type; ggc_actq_of)
+Q8_0_ACT_WEIGHTS = frozenset({"q4_0", "q5_0", "q8_0"})
+
+
+def _quantizing_norms(p: Plan) -> set[int]:
+    """Norm row groups that also write their one row as the q8_0 activations of the matrix-vector call
+    right after them, which reads it (act_ready) instead of converting src1 itself: one row of whole
+    32-element blocks, products of q8_0-activation weights."""
+    out = set()
+    for a, b in zip(p.groups, p.groups[1:]):
+        last, t = a.nodes[-1], b.nodes[0]
+        if (a.fused and a.nodes[0].op in CUDA_FUSION.heads and t.op == "MUL_MAT" and t.src[1] is last
+                and t.src[0].type.name in Q8_0_ACT_WEIGHTS and last.ne[1:] == (1, 1, 1) and last.ne[0] % 32 == 0
+                and last.type.name == "f32"):
+            out.add(a.id)
+    return out
+
+
 def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     """A norm and the elementwise chain after it: one block per row, the row held in registers
     between the reduction and the chain (RMS_NORM: x * 1/sqrt(mean(x^2) + eps); NORM: (x - mean)
-    * 1/sqrt(var + eps); both summed in f32, as the unfused kernel does)."""
+    * 1/sqrt(var + eps); both summed in f32, as the unfused kernel does). A quantizing norm
+    (_quantizing_norms) also writes the row's q8_0 activations into the work buffer, a warp per
+    32-element block (whole warps: nt is a multiple of 32), as ggc_k_quantize_q8a would."""
     head, last = grp.nodes[0], grp.nodes[-1]
     src = head.src[0]
     ne = last.ne
@@ -108,8 +128,10 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     name = f"group_{gi}_{grp.id}"
     load = f"*(const float *)(arena + {p.offset_of(src)} + {_index_expr(src, False)})"
     idx = (f"const int64_t i0 = threadIdx.x + (int64_t)k * {nt}; if (i0 >= {ne0}) break;")
-    lines = [f"/* fused rows: {' -> '.join(t.op for t in grp.nodes)} ({last.label()}) */",
-             f"__global__ void __launch_bounds__({nt}) {name}_kernel(char *arena) {{",
+    quant = grp.id in _quantizing_norms(p)
+    lines = [f"/* fused rows: {' -> '.join(t.op for t in grp.nodes)} ({last.label()})"
+             + (", and its q8_0 activations */" if quant else " */"),
+             f"__global__ void __launch_bounds__({nt}) {name}_kernel(char *arena, char *work) {{",
              "    __shared__ float red[32];",
              "    const int64_t r = blockIdx.x;",
              f"    const int64_t i1 = r % {ne[1]}, i2 = (r / {ne[1]}) % {ne[2]}, i3 = r / {ne[1] * ne[2]};",
@@ -128,9 +150,13 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
               "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}",
               f"        float v = ({'x[k]' if cache else load} - mean) * scale;  /* {head.label()} {head.op} */"]
     lines += _chain_lines(p, grp.nodes[1:], "        ")
-    lines += [f"        *(float *)(arena + {p.offset_of(last)} + {_index_expr(last, False)}) = v;", "    }", "}",
+    lines += [f"        *(float *)(arena + {p.offset_of(last)} + {_index_expr(last, False)}) = v;"]
+    if quant:
+        lines += ["        ggc_q8a_quant_warp<GGC_ACTQ_Q8_0>(v, threadIdx.x & 31, (int8_t *)work + (i0 & ~31),",
+                  f"                                          (ggc_q8a_meta *)(work + {ne0}) + i0 / 32);"]
+    lines += ["    }", "}",
               f"static void {name}(char *arena, const ggc_cuda_ctx *c) {{",
-              f"    {name}_kernel<<<{rows}, {nt}, 0, c->stream>>>(arena);", "}", ""]
+              f"    {name}_kernel<<<{rows}, {nt}, 0, c->stream>>>(arena, (char *)c->work);", "}", ""]
     return lines
 
 
@@ -187,8 +213,9 @@ def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
 def _act_reuse(p: Plan, uses_work: Callable[[str], bool]) -> set[int]:
     """MUL_MAT groups whose src1 the previous MUL_MAT converted already (the same tensor and weight
     type, so the same conversion: q8 activations for the matrix-vector path, f16 for the tensor-core
-    one) with no group in between that writes the work buffer: Q, K and V of one norm, gate and up."""
-    out: set[int] = set()
+    one) with no group in between that writes the work buffer: Q, K and V of one norm, gate and up;
+    and the calls right after a quantizing norm (_quantizing_norms), which wrote their activations."""
+    out: set[int] = {b.id for a, b in zip(p.groups, p.groups[1:]) if a.id in _quantizing_norms(p)}
     last: tuple[int, str] | None = None
     for grp in p.groups:
         t = grp.nodes[0]
@@ -295,7 +322,8 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
 
     abi = dataclasses.replace(CUDA_ABI, type_name=type_name)
     program, _ = emit_program(plans, names, source, abi=abi, header="ggc_cuda.cuh")
-    program = program.replace('#include "ggc_cuda.cuh"', '#include "ggc_cuda.cuh"\n#include "ggc_program.h"')
+    program = program.replace('#include "ggc_cuda.cuh"',
+                              '#include "ggc_cuda.cuh"\n#include "ggc_cuda_quants.cuh"\n#include "ggc_program.h"')
     copies = [(C_KERNEL_DIR / f, f"kernels/{f}") for f in ("ggc.h", "ggc_core.c")]
     copies += [(f, f"kernels/{f.name}") for f in sorted(CUDA_KERNEL_DIR.iterdir())
                if f.suffix in (".cu", ".cuh") and "harness" not in f.name]
