@@ -91,7 +91,7 @@ def _host_breakdown(m: Model, tok: int, steps: int = 32) -> dict:
     """Where a decode step's wall time goes, phase by phase (median µs over `steps` more tokens):
     what Model.eval_greedy does for one token, timed piece by piece; then, outside the step, what
     reading the logits back would cost (Model.eval)."""
-    gi, ph = 1, {"fill": [], "write": [], "run": [], "device": [], "argmax": [], "read": []}
+    gi, ph = 1, {"fill": [], "write": [], "run": [], "device": [], "read": []}
     filler, prog = m.fillers[1], m.program
     for _ in range(min(steps, m.ctx - m.n_past)):
         t0 = time.perf_counter()
@@ -101,14 +101,12 @@ def _host_breakdown(m: Model, tok: int, steps: int = 32) -> dict:
         block.write()
         prog.set_n_kv(m.n_past + 1)
         t2 = time.perf_counter()
-        prog.run(graph=gi)
-        t3 = time.perf_counter()
-        tok = prog.argmax(m._logits[gi], graph=gi)
-        t4 = time.perf_counter()
+        tok = prog.argmax(m._logits[gi], graph=gi, run=True)
+        t3 = t4 = time.perf_counter()
         prog.get_f32(m._logits[gi], graph=gi)
         t5 = time.perf_counter()
         m.n_past += 1
-        for k, v in zip(ph, (t1 - t0, t2 - t1, t3 - t2, prog.last_run_ms() / 1e3, t4 - t3, t5 - t4)):
+        for k, v in zip(ph, (t1 - t0, t2 - t1, t3 - t2, prog.last_run_ms() / 1e3, t5 - t4)):
             ph[k].append(v)
     return {k: round(1e6 * statistics.median(v), 1) for k, v in ph.items() if v}
 

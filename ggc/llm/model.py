@@ -218,44 +218,49 @@ class Model:
         self.program.reset_state()
         self.n_past = 0
 
-    def _run(self, gi: int, tokens: list[int]) -> int:
-        """One step of graph gi over tokens; returns gi (its logits are in the arena)."""
+    def _run(self, gi: int, tokens: list[int], greedy: bool = False) -> int | None:
+        """One step of graph gi over tokens (its logits stay in the arena); greedy: also the argmax
+        of the logits, taken in the same call."""
         filler = self.fillers[gi]
         block = self.program.input_block(gi, filler.dtypes)
         filler.fill(block.arrays, tokens, self.n_past)
         block.write()
         # attention reads only the cells in use (the program rounds n_kv up as llama.cpp pads it)
         self.program.set_n_kv(self.n_past + len(tokens))
-        self.program.run(graph=gi)
+        tok = None
+        if greedy:
+            tok = self.program.argmax(self._logits[gi], graph=gi, run=True)
+        else:
+            self.program.run(graph=gi)
         self.n_past += len(tokens)
-        return gi
+        return tok
 
     def eval(self, tokens: list[int]) -> np.ndarray:
         """Append tokens to the context; the logits after the last one."""
-        gi = self._advance(tokens)
+        gi, _ = self._advance(tokens)
         return self.program.get_f32(self._logits[gi], graph=gi)
 
     def eval_greedy(self, tokens: list[int]) -> int:
         """Append tokens to the context; the most likely next token (argmax of the logits, computed
         where they are: on the GPU only an index comes back)."""
-        gi = self._advance(tokens)
-        return self.program.argmax(self._logits[gi], graph=gi)
+        _, tok = self._advance(tokens, greedy=True)
+        assert tok is not None
+        return tok
 
-    def _advance(self, tokens: list[int]) -> int:
-        """Run the steps that append tokens (prefill chunks, then single tokens); the last step's graph."""
+    def _advance(self, tokens: list[int], greedy: bool = False) -> tuple[int, int | None]:
+        """Run the steps that append tokens (prefill chunks, then single tokens): the last step's graph,
+        and with greedy its argmax."""
         if not tokens:
             raise GgcError("eval needs at least one token")
         if self.n_past + len(tokens) > self.ctx:
             raise GgcError(f"{self.n_past + len(tokens)} tokens do not fit the context of {self.ctx}")
-        gi = None
-        i = 0
-        while len(tokens) - i >= self.batch and self.batch > 1:
-            gi = self._run(0, tokens[i : i + self.batch])
-            i += self.batch
-        for tok in tokens[i:]:
-            gi = self._run(1, [tok])
-        assert gi is not None
-        return gi
+        n_chunks = (len(tokens) // self.batch) if self.batch > 1 else 0
+        steps = [(0, tokens[i * self.batch : (i + 1) * self.batch]) for i in range(n_chunks)]
+        steps += [(1, [tok]) for tok in tokens[n_chunks * self.batch :]]
+        tok = None
+        for k, (gi, toks) in enumerate(steps):
+            tok = self._run(gi, toks, greedy and k == len(steps) - 1)
+        return steps[-1][0], tok
 
     def stream(self, prompt: str | list[int], n: int = 64, sampler: Sampler | None = None) -> Iterator[int]:
         """Yield generated tokens one by one (stops at an end-of-generation token)."""

@@ -55,6 +55,7 @@ class CProgram:
         L.ggc_model_write.argtypes = [C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t]
         L.ggc_model_read.argtypes = [C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t]
         L.ggc_model_argmax.argtypes = [C.c_void_p, C.c_size_t, C.c_int64, C.POINTER(C.c_int64)]
+        L.ggc_model_run_graph_argmax.argtypes = [C.c_void_p, C.c_int, C.c_size_t, C.c_int64, C.POINTER(C.c_int64)]
         L.ggc_model_error.restype = C.c_char_p
         L.ggc_model_error.argtypes = [C.c_void_p]
         L.ggc_last_error.restype = C.c_char_p
@@ -145,13 +146,17 @@ class CProgram:
             raise GgcError(f"{t.label()}: reading from the arena failed")
         return out
 
-    def argmax(self, t: Tensor, graph: int = 0) -> int:
+    def argmax(self, t: Tensor, graph: int = 0, run: bool = False) -> int:
         """The index of an f32 tensor's largest value (the first of equal ones), found where the
-        tensor lives: greedy decoding reads back one index instead of a vocabulary of logits."""
+        tensor lives: greedy decoding reads back one index instead of a vocabulary of logits.
+        run: run the graph first, in the same call (one wait for the device)."""
         if t.type.name != "f32" or not t.is_contiguous():
             raise GgcError(f"{t.label()}: argmax of a {t.type.name} tensor (f32, contiguous only)")
-        out = C.c_int64()
-        self._check(self.lib.ggc_model_argmax(self.m, self.plans[graph].offset_of(t), t.nelements, C.byref(out)))
+        out, off = C.c_int64(), self.plans[graph].offset_of(t)
+        if run:
+            self._check(self.lib.ggc_model_run_graph_argmax(self.m, graph, off, t.nelements, C.byref(out)))
+        else:
+            self._check(self.lib.ggc_model_argmax(self.m, off, t.nelements, C.byref(out)))
         return out.value
 
     def set_n_kv(self, n_kv: int) -> None:

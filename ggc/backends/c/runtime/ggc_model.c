@@ -151,6 +151,9 @@ int ggc_model_run_graph(ggc_model *m, int g) {
     return 0;
 }
 double ggc_model_last_run_ms(const ggc_model *m) { return m->last_ms; }
+int ggc_model_run_graph_argmax(ggc_model *m, int g, size_t offset, int64_t n, int64_t *index) {
+    return ggc_model_run_graph(m, g) != 0 ? -1 : ggc_model_argmax(m, offset, n, index);
+}
 
 int ggc_model_profile_graph(ggc_model *m, int g, float *ms) {
     if (!valid_graph(g)) return -1;

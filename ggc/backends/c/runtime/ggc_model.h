@@ -69,6 +69,8 @@ int ggc_model_argmax(ggc_model *m, size_t offset, int64_t n, int64_t *index);
 /* Run every kernel group of a graph in order: 0, or -1 with ggc_model_error() saying why. */
 int ggc_model_run(ggc_model *m);
 int ggc_model_run_graph(ggc_model *m, int graph);
+/* ggc_model_run_graph, then ggc_model_argmax, with one wait for the device instead of two. */
+int ggc_model_run_graph_argmax(ggc_model *m, int graph, size_t offset, int64_t n, int64_t *index);
 /* How long the last ggc_model_run_graph took on the device, in ms (CUDA events around the
  * replay on the CUDA target; wall time on the C target). */
 double ggc_model_last_run_ms(const ggc_model *m);
