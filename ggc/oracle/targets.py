@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..compiler.passes import root
 from ..errors import GgcError
 from ..ir.graph import Graph
 from .compare import NodeResult, compare, nmse, threshold_of, to_float
@@ -63,7 +64,9 @@ def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int,
                     prog.run_group(g.id)
                     done.add(g.id)
                 if not p.has_memory(t):
-                    note = "fused" if g is not None else "dead"
+                    # a view of a result that its group keeps to itself (K roped into the cache) is fused too
+                    owner = g if g is not None else group_of.get(root(t).id) if t.view_src is not None else None
+                    note = "fused" if owner is not None else "dead"
                     if note == "dead":
                         raise GgcError(f"{t.label()}: the program drops a node the reference computed")
                     results[t.id] = NodeResult(t, 0.0, threshold_of(t), note=note)
