@@ -95,7 +95,7 @@ def _host_breakdown(m: Model, tok: int, steps: int = 32) -> dict:
     filler, prog = m.fillers[1], m.program
     for _ in range(min(steps, m.ctx - m.n_past)):
         t0 = time.perf_counter()
-        block = prog.input_block(gi, filler.dtypes)
+        block = m.input_block(gi)
         filler.fill(block.arrays, [tok], m.n_past)
         t1 = time.perf_counter()
         block.write()

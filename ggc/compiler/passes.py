@@ -167,8 +167,8 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
 
 def _siblings(seq: list[Tensor], i: int, excluded: set[int], ops: frozenset[str]) -> list[int]:
     """Indices of later products in seq that can join seq[i] in one matrix-vector launch (at most
-    MAX_SIBLINGS in all): the same one-column input, weights of one type and row layout, f32
-    contiguous results. Float weights need rows of whole 16-byte groups of 8 elements."""
+    MAX_SIBLINGS in all): the same one-column input, weights of one type and row layout
+    (_one_column_weight_ok), f32 contiguous results."""
     a = seq[i]
     if not _sibling_ok(a):
         return []
@@ -189,8 +189,13 @@ def _sibling_ok(t: Tensor) -> bool:
         return False
     w, x = t.src[0], t.src[1]
     return (x.ne[1:] == (1, 1, 1) and w.ne[2:] == (1, 1) and w.is_contiguous() and t.view_src is None
-            and t.type.name == "f32" and t.is_contiguous()
-            and (w.type.blck_size > 1 or (w.ne[0] % 8 == 0 and w.nb[1] % 16 == 0)))
+            and t.type.name == "f32" and t.is_contiguous() and _one_column_weight_ok(w))
+
+
+def _one_column_weight_ok(w: Tensor) -> bool:
+    """A weight the fused one-column kernels read: quantized, or float rows of whole 16-byte groups
+    of 8 elements (their vector loads; the arena aligns every buffer to 64 bytes)."""
+    return w.type.blck_size > 1 or (w.ne[0] % 8 == 0 and w.nb[1] % 16 == 0)
 
 
 def _row_store_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
@@ -247,14 +252,13 @@ def _add_epilogue_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], ou
 
 def _glu_pair_ok(a: Tensor, b: Tensor, glu: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
     """glu = GLU(a, b) with a = W_a x and b = W_b x two matrix-vector products (one column) of one input
-    and weights of one type and layout, each read by glu alone; all f32 and contiguous. Float weights
-    need rows of whole 16-byte groups of 8 elements (the pair kernel's vector loads; the arena aligns
-    every buffer to 64 bytes)."""
+    and weights of one type and layout (_one_column_weight_ok), each read by glu alone; all f32 and
+    contiguous."""
     if a.op != "MUL_MAT" or b.op != "MUL_MAT" or glu.op != "GLU" or len(glu.src) < 2:
         return False
     wa, wb, x = a.src[0], b.src[0], a.src[1]
     return (glu.src[0] is a and glu.src[1] is b and b.src[1] is x and x.ne[1:] == (1, 1, 1)
-            and wa.type is wb.type and (wa.type.blck_size > 1 or (wa.ne[0] % 8 == 0 and wa.nb[1] % 16 == 0))
+            and wa.type is wb.type and _one_column_weight_ok(wa)
             and wa.ne == wb.ne and wa.nb == wb.nb and wa.ne[2:] == (1, 1)
             and all(len(users[t.id]) == 1 and users[t.id][0] is glu and t.id not in outputs and t.view_src is None
                     for t in (a, b))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from .. import __version__
 from ..errors import GgcError
 from .inputs import InputFiller, Swa
 from .sampling import Sampler
+
+if TYPE_CHECKING:
+    from ..runtime.cprogram import InputBlock
 
 Progress = Callable[[str], None]
 TARGETS = ("c", "cuda")
@@ -102,6 +106,7 @@ class Model:
         n_layer = max((int(t.name[9:]) + 1 for t in prefill.leafs if t.name.startswith("cache_k_l")), default=0)
         swa = Swa.from_gguf(gf, n_layer)
         self.fillers = [InputFiller(g, swa) for g in self.graphs]
+        self._input_blocks: dict[int, InputBlock] = {}
         self._logits = [next(t for t in g.outputs() if t.name == "result_output") for g in self.graphs]
         self.program, cached = self._build()
         self.program.load_weights(self.path)
@@ -221,9 +226,8 @@ class Model:
     def _run(self, gi: int, tokens: list[int], greedy: bool = False) -> int | None:
         """One step of graph gi over tokens (its logits stay in the arena); greedy: also the argmax
         of the logits, taken in the same call."""
-        filler = self.fillers[gi]
-        block = self.program.input_block(gi, filler.dtypes)
-        filler.fill(block.arrays, tokens, self.n_past)
+        block = self.input_block(gi)
+        self.fillers[gi].fill(block.arrays, tokens, self.n_past)
         block.write()
         # attention reads only the cells in use (the program rounds n_kv up as llama.cpp pads it)
         self.program.set_n_kv(self.n_past + len(tokens))
@@ -234,6 +238,12 @@ class Model:
             self.program.run(graph=gi)
         self.n_past += len(tokens)
         return tok
+
+    def input_block(self, gi: int) -> InputBlock:
+        """Graph gi's inputs as host arrays, made once and refilled every step."""
+        if gi not in self._input_blocks:
+            self._input_blocks[gi] = self.program.input_block(gi, self.fillers[gi].dtypes)
+        return self._input_blocks[gi]
 
     def eval(self, tokens: list[int]) -> np.ndarray:
         """Append tokens to the context; the logits after the last one."""

@@ -65,8 +65,7 @@ def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int,
                     done.add(g.id)
                 if not p.has_memory(t):
                     # a view of a result that its group keeps to itself (K roped into the cache) is fused too
-                    owner = g if g is not None else group_of.get(root(t).id) if t.view_src is not None else None
-                    note = "fused" if owner is not None else "dead"
+                    note = "fused" if group_of.get(root(t).id) is not None else "dead"
                     if note == "dead":
                         raise GgcError(f"{t.label()}: the program drops a node the reference computed")
                     results[t.id] = NodeResult(t, 0.0, threshold_of(t), note=note)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes as C
-import functools
 import os
 import shutil
 import subprocess
@@ -68,7 +67,6 @@ class CProgram:
         L.ggc_model_profile_graph.argtypes = [C.c_void_p, C.c_int, C.POINTER(C.c_float)]
         if L.ggc_model_arena_size() != self.plan.size:
             raise GgcError(f"{lib_path}: the built program does not match its plan")
-        self._blocks: dict[tuple, InputBlock] = {}
         self.m = L.ggc_model_create()
         if not self.m:
             raise GgcError(f"could not create the program ({L.ggc_last_error().decode()}); its arena needs "
@@ -104,18 +102,12 @@ class CProgram:
     def input_block(self, graph: int, arrays: dict[int, np.dtype]) -> InputBlock:
         """Host arrays for these inputs (tensor id -> element type) that one write() copies in: views
         of one buffer laid out as their span of the arena when they sit together in the io region.
-        Made once per (graph, input set), so a decode step allocates nothing."""
-        key = (graph, tuple(sorted(arrays.items())))
-        blk = self._blocks.get(key)
-        if blk is None:
-            blk = self._blocks[key] = InputBlock(self, graph, {self.plans[graph].graph.tensors[i]: dt
-                                                               for i, dt in arrays.items()})
-        return blk
+        Make one per graph and reuse it: a decode step then allocates nothing."""
+        return InputBlock(self, graph, {self.plans[graph].graph.tensors[i]: dt for i, dt in arrays.items()})
 
-    @functools.lru_cache(maxsize=16)  # noqa: B019 - one entry per (graph, input set); the program lives long
     def _input_span(self, graph: int, ids: frozenset[int]) -> tuple[int, int] | None:
         """[lo, hi) of the arena that these inputs fill, when it is inside the io region and holds
-        no other buffer; None otherwise (or for a single input). Computed once per input set."""
+        no other buffer; None otherwise (or for a single input)."""
         p = self.plans[graph]
         if len(ids) < 2:
             return None

@@ -101,14 +101,15 @@ def _quantizing_norms(p: Plan) -> set[int]:
     """Norm row groups that also write their one row as the q8_0 activations of the matrix-vector call
     right after them, which reads it (act_ready) instead of converting src1 itself: one row of whole
     32-element blocks, products of q8_0-activation weights."""
-    out = set()
-    for a, b in zip(p.groups, p.groups[1:]):
-        last, t = a.nodes[-1], b.nodes[0]
-        if (a.fused and a.nodes[0].op in CUDA_FUSION.heads and t.op == "MUL_MAT" and t.src[1] is last
-                and t.src[0].type.name in Q8_0_ACT_WEIGHTS and last.ne[1:] == (1, 1, 1) and last.ne[0] % 32 == 0
-                and last.type.name == "f32"):
-            out.add(a.id)
-    return out
+    return {a.id for a, b in zip(p.groups, p.groups[1:]) if _quantizes_for(a, b)}
+
+
+def _quantizes_for(a: Group, b: Group) -> bool:
+    """Norm row group a writes the q8_0 activations that group b, right after it, reads."""
+    last, t = a.nodes[-1], b.nodes[0]
+    return (a.fused and a.nodes[0].op in CUDA_FUSION.heads and t.op == "MUL_MAT" and t.src[1] is last
+            and t.src[0].type.name in Q8_0_ACT_WEIGHTS and last.ne[1:] == (1, 1, 1) and last.ne[0] % 32 == 0
+            and last.type.name == "f32")
 
 
 def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
@@ -128,7 +129,7 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     name = f"group_{gi}_{grp.id}"
     load = f"*(const float *)(arena + {p.offset_of(src)} + {_index_expr(src, False)})"
     idx = (f"const int64_t i0 = threadIdx.x + (int64_t)k * {nt}; if (i0 >= {ne0}) break;")
-    quant = grp.id in _quantizing_norms(p)
+    quant = grp.id + 1 < len(p.groups) and _quantizes_for(grp, p.groups[grp.id + 1])
     lines = [f"/* fused rows: {' -> '.join(t.op for t in grp.nodes)} ({last.label()})"
              + (", and its q8_0 activations */" if quant else " */"),
              f"__global__ void __launch_bounds__({nt}) {name}_kernel(char *arena, char *work) {{",
@@ -215,7 +216,7 @@ def _act_reuse(p: Plan, uses_work: Callable[[str], bool]) -> set[int]:
     type, so the same conversion: q8 activations for the matrix-vector path, f16 for the tensor-core
     one) with no group in between that writes the work buffer: Q, K and V of one norm, gate and up;
     and the calls right after a quantizing norm (_quantizing_norms), which wrote their activations."""
-    out: set[int] = {b.id for a, b in zip(p.groups, p.groups[1:]) if a.id in _quantizing_norms(p)}
+    out: set[int] = {g + 1 for g in _quantizing_norms(p)}
     last: tuple[int, str] | None = None
     for grp in p.groups:
         t = grp.nodes[0]
