@@ -12,7 +12,8 @@
  *  - mmvq (quantized weights, src1 ne11 <= 8): the same activations; ggc_k_gemv (a warp per R rows,
  *    sub-blocks decoded straight from global memory), or with GGC_CUDA_STAGED_MMV=1 the older
  *    kernel that streams rows through shared memory with cp.async.
- *  - gemvf1 (f32 / f16 / bf16 weights with 16-byte rows, one column): gemv1's shape over f32 src1.
+ *  - gemvf1 (f32 / f16 / bf16 weights with 16-byte rows, one column): a warp per row, src1 rounded
+ *    to the weights' type as ggml-CPU converts it before its dot.
  *  - mmvf (f32 / f16 / bf16 weights, ne11 <= 2): src1 as contiguous f32 (read in place when it is
  *    already); a row is read by 8, 16 or 32 lanes with 16-byte loads, f32 accumulation.
  *  - mmq (ne11 > 8): tensor cores, mma.sync m16n8k16 (f16, or bf16 for bf16 weights; f32
@@ -377,27 +378,41 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_mmvq(const g
 
 #define GGC_MMVF_THREADS 128
 
+/* 8 weights of type T as loaded (two 16-byte words for f32, one for f16 / bf16) -> f32 */
+template <ggc_type T> struct ggc_raw8 {
+    static constexpr int N = T == GGC_TYPE_F32 ? 2 : 1;
+    uint4 v[N];
+    __device__ __forceinline__ void load(const uint8_t *row, int64_t k) {
+#pragma unroll
+        for (int i = 0; i < N; i++) v[i] = __ldg((const uint4 *)(row + k * ggc_cuda_tsize(T)) + i);
+    }
+    __device__ __forceinline__ void unpack(float w[8]) const {
+        if constexpr (T == GGC_TYPE_F32) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) w[i] = __uint_as_float((&v[0].x)[i]), w[4 + i] = __uint_as_float((&v[1].x)[i]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const uint32_t u = (&v[0].x)[j];
+                if constexpr (T == GGC_TYPE_BF16) {
+                    w[2 * j] = __uint_as_float(u << 16);
+                    w[2 * j + 1] = __uint_as_float(u & 0xFFFF0000u);
+                } else {
+                    w[2 * j] = ggc_h2f((uint16_t)u);
+                    w[2 * j + 1] = ggc_h2f((uint16_t)(u >> 16));
+                }
+            }
+        }
+    }
+};
+
 /* 8 weights at element k of a row; VEC: 16-byte aligned, whole */
 template <ggc_type T, bool VEC>
 static __device__ __forceinline__ void ggc_load8_float(const uint8_t *row, int64_t k, int64_t K, float v[8]) {
     if (VEC && k + 8 <= K) {
-        if constexpr (T == GGC_TYPE_F32) {
-            const float4 p = __ldg((const float4 *)(row + 4 * k)), q = __ldg((const float4 *)(row + 4 * k) + 1);
-            v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w, v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
-        } else {
-            const uint4 p = __ldg((const uint4 *)(row + 2 * k));
-            const uint32_t u[4] = {p.x, p.y, p.z, p.w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                if constexpr (T == GGC_TYPE_BF16) {
-                    v[2 * j] = __uint_as_float(u[j] << 16);
-                    v[2 * j + 1] = __uint_as_float(u[j] & 0xFFFF0000u);
-                } else {
-                    v[2 * j] = ggc_h2f((uint16_t)u[j]);
-                    v[2 * j + 1] = ggc_h2f((uint16_t)(u[j] >> 16));
-                }
-            }
-        }
+        ggc_raw8<T> raw;
+        raw.load(row, k);
+        raw.unpack(v);
     } else {
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -467,44 +482,28 @@ static __global__ void __launch_bounds__(GGC_MMVF_THREADS) ggc_k_mmvf(const ggc_
  * that a warp's loads are whole 512-byte runs; U steps' loads are issued raw before any is converted,
  * so a lane keeps U * WR loads in flight (mmvf's warp kept one), and a warp reduction finishes the
  * row (no block barrier: blocks retire as their warps do). Needs 16-byte aligned rows and K % 8 == 0;
- * src1 is f32 (a.act, rows of a.act_stride). SWIGLU as in ggc_k_gemv1: gate rows from a.w, up rows
+ * src1 is f32 (a.act, rows of a.act_stride), rounded to the weights' type as ggml-CPU converts it
+ * (a fused SWIGLU pair is compared at the GLU's tight threshold). SWIGLU as in ggc_k_gemv1: gate rows from a.w, up rows
  * from a.w2. */
 #define GGC_GEMVF1_WARPS 4
-template <ggc_type T> struct ggc_raw8 { /* 8 weights as loaded */
-    static constexpr int N = T == GGC_TYPE_F32 ? 2 : 1;
-    uint4 v[N];
-    __device__ __forceinline__ void load(const uint8_t *row, int64_t k) {
+/* src1 as ggml-CPU dots it with weights of type T: converted to T first (vec_dot_type f16 / bf16) */
+template <ggc_type T> static __device__ __forceinline__ float ggc_as_vec_dot(float y) {
+    if constexpr (T == GGC_TYPE_F16) return ggc_h2f(ggc_f2h(y));
+    if constexpr (T == GGC_TYPE_BF16) return ggc_bf2f(ggc_f2bf(y));
+    return y;
+}
+
+/* the dot of 8 weights with 8 src1 values, in src1's CPU rounding */
+template <ggc_type T>
+static __device__ __forceinline__ float ggc_dot8(const ggc_raw8<T> &raw, const float4 y0, const float4 y1) {
+    float w[8];
+    raw.unpack(w);
+    const float y[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+    float t = w[0] * ggc_as_vec_dot<T>(y[0]);
 #pragma unroll
-        for (int i = 0; i < N; i++) v[i] = __ldg((const uint4 *)(row + k * ggc_cuda_tsize(T)) + i);
-    }
-    __device__ __forceinline__ float dot(const float4 y0, const float4 y1) const {
-        float w[8];
-        if constexpr (T == GGC_TYPE_F32) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) w[i] = __uint_as_float((&v[0].x)[i]), w[4 + i] = __uint_as_float((&v[1].x)[i]);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const uint32_t u = (&v[0].x)[j];
-                if constexpr (T == GGC_TYPE_BF16) {
-                    w[2 * j] = __uint_as_float(u << 16);
-                    w[2 * j + 1] = __uint_as_float(u & 0xFFFF0000u);
-                } else {
-                    w[2 * j] = ggc_h2f((uint16_t)u);
-                    w[2 * j + 1] = ggc_h2f((uint16_t)(u >> 16));
-                }
-            }
-        }
-        float t = w[0] * y0.x;
-        t = fmaf(w[1], y0.y, t);
-        t = fmaf(w[2], y0.z, t);
-        t = fmaf(w[3], y0.w, t);
-        t = fmaf(w[4], y1.x, t);
-        t = fmaf(w[5], y1.y, t);
-        t = fmaf(w[6], y1.z, t);
-        return fmaf(w[7], y1.w, t);
-    }
-};
+    for (int i = 1; i < 8; i++) t = fmaf(w[i], ggc_as_vec_dot<T>(y[i]), t);
+    return t;
+}
 
 template <ggc_type T, int ROWS, bool SWIGLU>
 static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(const ggc_mm_args a) {
@@ -548,7 +547,7 @@ static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(con
         for (int u = 0; u < U; u++) {
             if (k0 + 8 * 32 * u >= K) break;
 #pragma unroll
-            for (int r = 0; r < WR; r++) acc[r] += w[u][r].dot(y[u][0], y[u][1]);
+            for (int r = 0; r < WR; r++) acc[r] += ggc_dot8<T>(w[u][r], y[u][0], y[u][1]);
         }
     }
 #pragma unroll
