@@ -37,8 +37,9 @@ def main() -> int:
     rows.append(("after a prefill", used_mib() - base))
     m.eval_greedy([5])
     rows.append(("after a decode step", used_mib() - base))
-    arena = m.program.plan.size
-    print(f"{Path(a.model).name}: arena {arena / 2**20:.0f} MiB ({time.perf_counter() - t0:.0f} s)")
+    plan = m.program.plan
+    print(f"{Path(a.model).name}: arena {(plan.size - plan.host_size) / 2**20:.0f} MiB on the GPU, "
+          f"{plan.host_size / 2**20:.0f} MiB in host memory ({time.perf_counter() - t0:.0f} s)")
     for name, mib in rows:
         print(f"  {name:24s} {mib:6d} MiB")
     m.close()

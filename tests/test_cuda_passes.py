@@ -237,3 +237,25 @@ def test_rope_stores_k_into_its_cache_rows(llama_q4_0: Graph) -> None:
 
     assert ["ROPE", "SET_ROWS"] in rope_into_cache(False)
     assert ["ROPE", "SET_ROWS"] not in rope_into_cache(True)
+
+
+def test_embedding_stays_in_host_memory(llama_q4_0: Graph) -> None:
+    from ggc.backends.cuda.emit import cuda_plans
+
+    _, _, [p] = cuda_plans(llama_q4_0)
+    weights = {b.tensor.data.name: b.tensor for b in p.buffers.values() if b.region == "weights"}
+    emb = weights.pop("token_embd.weight")
+    # the embedding, which only GET_ROWS reads, first and alone in the host part
+    assert p.host_size % 4096 == 0 and emb.nbytes <= p.host_size < emb.nbytes + 4096
+    assert p.offset_of(emb) == 0
+    assert weights and all(p.offset_of(w) >= p.host_size for w in weights.values())
+    # the C target keeps everything in its one arena
+    assert plan_program(llama_q4_0, False, C_FUSION, None)[2][0].host_size == 0
+
+
+def test_tied_embedding_stays_on_the_gpu() -> None:
+    from ggc.backends.cuda.emit import cuda_plans
+
+    g = _decode_graph("qwen2", "q8_0")  # token_embd.weight is also the output projection
+    assert any(t.op == "MUL_MAT" and t.src[0].name == "token_embd.weight" for t in g.nodes)
+    assert cuda_plans(g)[2][0].host_size == 0

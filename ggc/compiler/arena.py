@@ -2,7 +2,9 @@
 
     [ weights | state | io | scratch ]
 
-- weights: bound to GGUF tensors, loaded once;
+- weights: bound to GGUF tensors, loaded once. A target may keep some in host memory (the CUDA
+  target's token embedding, which only GET_ROWS reads, a few rows a step): those come first, in
+  [0, host_size), and the target's device memory starts at host_size;
 - state: the KV cache, kept across runs;
 - io: inputs, which the caller writes before a run and which survive it (a rerun needs them);
 - scratch: every kernel result. Outputs are scratch buffers pinned from the group that writes
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import GgcError
@@ -56,6 +59,7 @@ class Plan:
     region_size: dict[str, int] = field(default_factory=dict)
     reuse: bool = True
     arena_size: int | None = None  # set when several graphs share one arena (see plan_shared)
+    host_size: int = 0  # weights in [0, host_size) live in host memory (plan_shared's host_weight)
 
     @property
     def size(self) -> int:
@@ -186,29 +190,50 @@ def plan(graph: Graph, reuse: bool = True, fusion: Fusion = ELEMENTWISE_FUSION) 
     return p
 
 
-def plan_shared(graphs: list[Graph], reuse: bool = True, fusion: Fusion = ELEMENTWISE_FUSION) -> list[Plan]:
+HOST_ALIGN = 4096  # the device part of an arena with host weights starts at a multiple of this
+
+
+def plan_shared(graphs: list[Graph], reuse: bool = True, fusion: Fusion = ELEMENTWISE_FUSION,
+                host_weight: Callable[[Plan, Tensor], bool] | None = None) -> list[Plan]:
     """Plans for graphs that run one at a time on one arena (prefill and decode of one model): the
     weights (by GGUF name) and the state (by name) are laid out once and shared; each graph's
-    inputs and scratch start after them and may overlap the other graphs' (never live together)."""
+    inputs and scratch start after them and may overlap the other graphs' (never live together).
+    host_weight(plan, weight): the target keeps that weight in host memory (when every graph that
+    reads it agrees); such weights are laid out first, in [0, host_size)."""
     plans = [plan(g, reuse=reuse, fusion=fusion) for g in graphs]
-    shared: dict[str, dict[str, tuple[int, Tensor]]] = {"weights": {}, "state": {}}
-    offs = {"weights": 0, "state": 0}
+
+    def key_of(b: Buffer) -> str:
+        t = b.tensor
+        return t.data.name if b.region == "weights" and t.data is not None else t.name  # type: ignore[union-attr]
+
+    on_host: dict[str, bool] = {}
     for p in plans:
         for b in p.buffers.values():
-            if b.region not in shared:
-                continue
-            t = b.tensor
-            key = t.data.name if b.region == "weights" and t.data is not None else t.name  # type: ignore[union-attr]
-            seen = shared[b.region].get(key)
-            if seen is None:
-                shared[b.region][key] = (offs[b.region], t)
-                offs[b.region] += b.size
-            elif (seen[1].type, seen[1].ne, seen[1].nb) != (t.type, t.ne, t.nb):
-                raise GgcError(f"{key!r} differs between the graphs: {seen[1].type.name} {list(seen[1].ne)} "
-                               f"vs {t.type.name} {list(t.ne)}")
-            b.offset = shared[b.region][key][0]
+            if b.region == "weights":
+                k = key_of(b)
+                on_host[k] = on_host.get(k, True) and host_weight is not None and host_weight(p, b.tensor)
+    shared: dict[str, dict[str, tuple[int, Tensor]]] = {"weights": {}, "state": {}}
+    offs = {"weights": 0, "state": 0}
+    host_size = 0
+    for host_pass in (True, False):
+        for p in plans:
+            for b in p.buffers.values():
+                if b.region not in shared or (b.region == "weights" and on_host[key_of(b)] != host_pass):
+                    continue
+                t, key = b.tensor, key_of(b)
+                seen = shared[b.region].get(key)
+                if seen is None:
+                    shared[b.region][key] = (offs[b.region], t)
+                    offs[b.region] += b.size
+                elif (seen[1].type, seen[1].ne, seen[1].nb) != (t.type, t.ne, t.nb):
+                    raise GgcError(f"{key!r} differs between the graphs: {seen[1].type.name} {list(seen[1].ne)} "
+                                   f"vs {t.type.name} {list(t.ne)}")
+                b.offset = shared[b.region][key][0]
+        if host_pass and offs["weights"]:
+            host_size = offs["weights"] = align(offs["weights"], HOST_ALIGN)
     arena = 0
     for p in plans:
+        p.host_size = host_size
         p.region_size["weights"], p.region_size["state"] = offs["weights"], offs["state"]
         off = 0
         for region in REGIONS:

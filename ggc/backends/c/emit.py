@@ -218,6 +218,7 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
         f"{abi.linkage}const size_t GGC_ARENA_SIZE = {p0.size};",
         f"{abi.linkage}const size_t GGC_STATE_OFFSET = {p0.region_offset['state']};",
         f"{abi.linkage}const size_t GGC_STATE_SIZE = {p0.region_size['state']};",
+        f"{abi.linkage}const size_t GGC_HOST_SIZE = {p0.host_size};",
         "",
     ]
     head += [f"{abi.linkage}void {fn}(const ggc_node *node, {abi.ctx_type} *work);" for fn in sorted(used)]
@@ -313,13 +314,14 @@ FUSABLE = frozenset(FUSED_EXPR)
 C_FUSION = Fusion(elementwise=FUSABLE)  # the C target fuses elementwise chains only
 
 
-def plan_program(graph: Graph | list[Graph], debug: bool, fusion: Fusion,
-                 graph_names: list[str] | None) -> tuple[list[Graph], list[str], list[Plan]]:
+def plan_program(graph: Graph | list[Graph], debug: bool, fusion: Fusion, graph_names: list[str] | None,
+                 host_weight: Callable[[Plan, Tensor], bool] | None = None
+                 ) -> tuple[list[Graph], list[str], list[Plan]]:
     """The graphs of one program, their names, and their plans on one shared arena, fused as the
-    target's kernels allow (NO_FUSION: one kernel per node)."""
+    target's kernels allow (NO_FUSION: one kernel per node); host_weight: see plan_shared."""
     graphs = graph if isinstance(graph, list) else [graph]
     names = graph_names or [f"n{g.meta.get('n_tokens', i)}" for i, g in enumerate(graphs)]
-    plans = plan_shared(graphs, reuse=not debug, fusion=fusion)
+    plans = plan_shared(graphs, reuse=not debug, fusion=fusion, host_weight=host_weight)
     for p in plans:
         check(p)
     return graphs, names, plans

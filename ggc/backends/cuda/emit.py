@@ -291,7 +291,7 @@ Compiled from `{source}`: graphs {graphs}. Build with `make` (needs only the CUD
 
     ./{name} MODEL.gguf -i inp_tokens=tokens.bin ... -o result_output=logits.bin
 
-The arena is one cudaMalloc of {arena} bytes. Each graph is recorded once as a CUDA graph and
+The arena is one cudaMalloc of {arena} bytes{host}. Each graph is recorded once as a CUDA graph and
 replayed. The C API is in `ggc_model.h`; tensors live on the GPU (ggc_model_write/read copy).
 """
 
@@ -300,7 +300,17 @@ def cuda_plans(graph: Graph | list[Graph], debug: bool = False, fuse: bool = Tru
                graph_names: list[str] | None = None) -> tuple[list[Graph], list[str], list[Plan]]:
     """The graphs' plans with the CUDA target's fusion rules (norm heads, residual ADD epilogues,
     SWIGLU pairs) on one shared arena."""
-    return plan_program(graph, debug, CUDA_FUSION if fuse else NO_FUSION, graph_names)
+    return plan_program(graph, debug, CUDA_FUSION if fuse else NO_FUSION, graph_names, host_weight=host_resident)
+
+
+def host_resident(p: Plan, w: Tensor) -> bool:
+    """A weight that only GET_ROWS looks up, as a single-node group (a library call, given its pointer
+    through the node table, never arena + offset): the token embedding. It stays in pinned host
+    memory and the GPU reads the few rows a step needs over the bus, as llama.cpp keeps its input
+    layer on the CPU: for a 128k vocabulary at F16 that is 500 MiB of GPU memory saved."""
+    users = [u for u in p.graph.consumers()[w.id] if u.id in p.live]
+    singles = {g.nodes[0].id for g in p.groups if len(g.nodes) == 1}
+    return bool(users) and all(u.op == "GET_ROWS" and u.src[0] is w and u.id in singles for u in users)
 
 
 def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "model", debug: bool = False,
@@ -331,7 +341,9 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
     copies += [(RUNTIME_DIR / f, f) for f in C_RUNTIME_FILES]
     copies.append((CUDA_RUNTIME_DIR / "ggc_model_cuda.cu", "ggc_model_cuda.cu"))
     readme = README.format(name=name, version=__version__, source=source, graphs=", ".join(names),
-                           arena=plans[0].size)
+                           arena=plans[0].size - plans[0].host_size,
+                           host=f", and {plans[0].host_size} bytes of pinned host memory for the weights that only "
+                                "GET_ROWS reads (the token embedding)" if plans[0].host_size else "")
     makefile = MAKEFILE.format(name=name, archs=" ".join(archs))
     write_program_dir(out, copies, {"program.cu": program, "Makefile": makefile, "README.md": readme})
     return CompiledC(out, plans, names)

@@ -32,6 +32,9 @@ extern const ggc_graph_desc GGC_GRAPHS[];
 extern const int GGC_N_GRAPHS;
 extern const size_t GGC_ARENA_SIZE;
 extern const size_t GGC_STATE_OFFSET, GGC_STATE_SIZE;
+/* weights in [0, GGC_HOST_SIZE) stay in host memory (CUDA: pinned, read by the GPU over the bus);
+   0 on the C target */
+extern const size_t GGC_HOST_SIZE;
 
 /* the GGUF loader (ggc_gguf.c): fill every weight of the arena from a file */
 int ggc_gguf_load(const char *path, char *arena, char *err, size_t err_len);

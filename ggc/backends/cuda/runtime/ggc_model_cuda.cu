@@ -1,5 +1,10 @@
 // The CUDA runtime of a generated program: the C API of ggc_model.h over one cudaMalloc'd arena.
 //
+// Arena offsets below GGC_HOST_SIZE are weights kept in pinned, mapped host memory (the token
+// embedding, which only GET_ROWS reads): the device allocation holds [GGC_HOST_SIZE, GGC_ARENA_SIZE)
+// and `arena` is its base moved down by GGC_HOST_SIZE, so arena + offset is right for every device
+// tensor, and the node table points host tensors at the host copy.
+//
 // A graph's kernel groups are recorded once into a CUDA graph and replayed. The number of KV
 // cells attention reads (n_kv) is a run-time value: it is rounded up to a multiple of 256 and
 // each value gets its own recorded graph, as llama.cpp rebuilds its graph when n_kv grows.
@@ -43,7 +48,9 @@ struct RecordedGraph {
 }  // namespace
 
 struct ggc_model {
-    char *arena = nullptr;  // device memory
+    char *arena = nullptr;  // base of the arena's offsets: device + GGC_HOST_SIZE is offset GGC_HOST_SIZE
+    char *device = nullptr;  // the device allocation, [GGC_HOST_SIZE, GGC_ARENA_SIZE)
+    char *host = nullptr;    // pinned host memory (device-mapped), [0, GGC_HOST_SIZE)
     ggc_node *nodes[kMaxGraphs] = {};
     ggc_cuda_ctx ctx = {};
     RecordedGraph recorded[kMaxGraphs][kMaxExecs] = {};
@@ -71,8 +78,13 @@ static int set_error(char *dst, const char *fmt, ...) {
         if (e_ != cudaSuccess) return set_error((m)->error, "%s: %s", #call, cudaGetErrorString(e_)); \
     } while (0)
 
-static void fill_tensor(ggc_tensor *t, const ggc_tensor_info *info, char *arena) {
-    t->data = arena + info->offset;
+// where arena offset `offset` lives, as the GPU addresses it
+static char *at(const ggc_model *m, size_t offset) {
+    return offset < GGC_HOST_SIZE ? m->host + offset : m->arena + offset;
+}
+
+static void fill_tensor(ggc_tensor *t, const ggc_tensor_info *info, const ggc_model *m) {
+    t->data = at(m, info->offset);
     t->type = (ggc_type)info->type;
     for (int i = 0; i < 4; i++) {
         t->ne[i] = info->ne[i];
@@ -103,20 +115,32 @@ ggc_model *ggc_model_create(void) {
     size_t work = 0;
     if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) goto fail;
     m->ctx.n_sm = prop.multiProcessorCount;
-    if (cudaMalloc(&m->arena, GGC_ARENA_SIZE ? GGC_ARENA_SIZE : 1) != cudaSuccess) {
-        set_error(g_last_error, "cudaMalloc of the %zu-byte arena failed (out of GPU memory?)", GGC_ARENA_SIZE);
+    if (cudaMalloc(&m->device, GGC_ARENA_SIZE > GGC_HOST_SIZE ? GGC_ARENA_SIZE - GGC_HOST_SIZE : 1) != cudaSuccess) {
+        set_error(g_last_error, "cudaMalloc of the %zu-byte arena failed (out of GPU memory?)",
+                  GGC_ARENA_SIZE - GGC_HOST_SIZE);
         goto fail;
     }
-    if (cudaMemset(m->arena, 0, GGC_ARENA_SIZE) != cudaSuccess) goto fail;
+    m->arena = m->device - GGC_HOST_SIZE;
+    if (cudaMemset(m->device, 0, GGC_ARENA_SIZE - GGC_HOST_SIZE) != cudaSuccess) goto fail;
+    if (GGC_HOST_SIZE) {
+        void *dev = nullptr;
+        if (cudaHostAlloc(&m->host, GGC_HOST_SIZE, cudaHostAllocMapped) != cudaSuccess ||
+            cudaHostGetDevicePointer(&dev, m->host, 0) != cudaSuccess || dev != m->host) {
+            // unified addressing gives one pointer for both sides; without it the node table would differ
+            set_error(g_last_error, "cudaHostAlloc of %zu bytes of mapped host memory for the embedding failed",
+                      GGC_HOST_SIZE);
+            goto fail;
+        }
+    }
     for (int g = 0; g < GGC_N_GRAPHS; g++) {
         const ggc_graph_desc *G = &GGC_GRAPHS[g];
         m->nodes[g] = static_cast<ggc_node *>(calloc(G->n_nodes ? (size_t)G->n_nodes : 1, sizeof(ggc_node)));
         if (!m->nodes[g]) goto fail;
         for (int i = 0; i < G->n_nodes; i++) {
             const ggc_node_desc *d = &G->nodes[i];
-            fill_tensor(&m->nodes[g][i].dst, &G->tensors[d->dst], m->arena);
+            fill_tensor(&m->nodes[g][i].dst, &G->tensors[d->dst], m);
             for (int j = 0; j < GGC_MAX_SRC; j++)
-                if (d->src[j] >= 0) fill_tensor(&m->nodes[g][i].src[j], &G->tensors[d->src[j]], m->arena);
+                if (d->src[j] >= 0) fill_tensor(&m->nodes[g][i].src[j], &G->tensors[d->src[j]], m);
             memcpy(m->nodes[g][i].op_params, d->op_params, sizeof d->op_params);
         }
         size_t w = G->work_size(m->nodes[g]);
@@ -150,7 +174,8 @@ void ggc_model_free(ggc_model *m) {
     if (m->stage) cudaFreeHost(m->stage);
     cudaFree(m->argmax_out);
     cudaFree(m->ctx.work);
-    cudaFree(m->arena);
+    cudaFree(m->device);
+    if (m->host) cudaFreeHost(m->host);
     delete m;
 }
 
@@ -162,7 +187,9 @@ int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err
         return -1;
     }
     int rc = ggc_gguf_load(path, host, err, err_len);
-    if (rc == 0 && cudaMemcpy(m->arena, host, GGC_STATE_OFFSET, cudaMemcpyHostToDevice) != cudaSuccess) {
+    if (rc == 0 && GGC_HOST_SIZE) memcpy(m->host, host, GGC_HOST_SIZE);
+    if (rc == 0 && cudaMemcpy(m->device, host + GGC_HOST_SIZE, GGC_STATE_OFFSET - GGC_HOST_SIZE,
+                              cudaMemcpyHostToDevice) != cudaSuccess) {
         snprintf(err, err_len, "%s: copying the weights to the GPU failed", path);
         rc = -1;
     }
@@ -195,8 +222,17 @@ static char *stage(ggc_model *m, size_t n) {
     return p;
 }
 
+// the host-resident weights: plain copies once the stream is idle (nothing else writes them)
+static int host_copy(ggc_model *m, size_t offset, void *dst, const void *src, size_t n) {
+    if (offset + n > GGC_HOST_SIZE) return set_error(m->error, "a copy across the host and device parts of the arena");
+    CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
+    memcpy(dst, src, n);
+    return 0;
+}
+
 int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n) {
     if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return set_error(m->error, "write out of the arena");
+    if (offset < GGC_HOST_SIZE) return host_copy(m, offset, m->host + offset, src, n);
     char *p = stage(m, n);
     if (!p) {  // too large to stage: from pageable memory, still in stream order
         CUDA_OR_FAIL(m, cudaMemcpyAsync(m->arena + offset, src, n, cudaMemcpyHostToDevice, m->ctx.stream));
@@ -210,6 +246,7 @@ int ggc_model_write(ggc_model *m, size_t offset, const void *src, size_t n) {
 
 int ggc_model_read(ggc_model *m, size_t offset, void *dst, size_t n) {
     if (offset > GGC_ARENA_SIZE || n > GGC_ARENA_SIZE - offset) return set_error(m->error, "read out of the arena");
+    if (offset < GGC_HOST_SIZE) return host_copy(m, offset, dst, m->host + offset, n);
     char *p = stage(m, n);
     if (!p) {
         CUDA_OR_FAIL(m, cudaMemcpyAsync(dst, m->arena + offset, n, cudaMemcpyDeviceToHost, m->ctx.stream));
@@ -273,7 +310,7 @@ static int queue_argmax(ggc_model *m, size_t offset, int64_t n, char **out) {
     char *p = stage(m, sizeof(int64_t));
     if (!p) return set_error(m->error, "out of pinned host memory");
     ArgmaxPair *part = reinterpret_cast<ArgmaxPair *>(m->argmax_out + 1);
-    argmax_slices<<<kArgmaxBlocks, kArgmaxThreads, 0, m->ctx.stream>>>((const float *)(m->arena + offset), n, part);
+    argmax_slices<<<kArgmaxBlocks, kArgmaxThreads, 0, m->ctx.stream>>>((const float *)at(m, offset), n, part);
     argmax_final<<<1, kArgmaxThreads, 0, m->ctx.stream>>>(part, kArgmaxBlocks, m->argmax_out);
     CUDA_OR_FAIL(m, cudaMemcpyAsync(p, m->argmax_out, sizeof(int64_t), cudaMemcpyDeviceToHost, m->ctx.stream));
     *out = p;
@@ -305,7 +342,7 @@ static void *find(ggc_model *m, int g, const char *name, int k, int role) {
     if (!valid_graph(g)) return nullptr;
     for (int i = 0; i < GGC_GRAPHS[g].n_tensors; i++) {
         const ggc_tensor_info *t = &GGC_GRAPHS[g].tensors[i];
-        if (t->role == role && strcmp(t->name, name) == 0 && k-- == 0) return m->arena + t->offset;
+        if (t->role == role && strcmp(t->name, name) == 0 && k-- == 0) return at(m, t->offset);
     }
     return nullptr;
 }
