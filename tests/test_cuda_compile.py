@@ -33,6 +33,9 @@ def test_generated_program_builds(arch: str, tmp_path: Path, monkeypatch: pytest
     out = tmp_path / "prog"
     compiled = compile_cuda(graphs, out, graph_names=["prefill", "decode"], archs=("90",))
     assert "cudaMalloc" in (out / "ggc_model_cuda.cu").read_text()
+    # generated kernels take part in programmatic dependent launch as the library's do
+    program = (out / "program.cu").read_text()
+    assert "<<<" not in program and program.count("__global__") == program.count("GGC_PDL_BEGIN();") > 0
     build(compiled, target="all")
     lib = out / "libmodel.so"
     assert lib.exists() and (out / "model").exists()

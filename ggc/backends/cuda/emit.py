@@ -133,6 +133,7 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     lines = [f"/* fused rows: {' -> '.join(t.op for t in grp.nodes)} ({last.label()})"
              + (", and its q8_0 activations */" if quant else " */"),
              f"__global__ void __launch_bounds__({nt}) {name}_kernel(char *arena, char *work) {{",
+             "    GGC_PDL_BEGIN();",
              "    __shared__ float red[32];",
              "    const int64_t r = blockIdx.x;",
              f"    const int64_t i1 = r % {ne[1]}, i2 = (r / {ne[1]}) % {ne[2]}, i3 = r / {ne[1] * ne[2]};",
@@ -157,7 +158,7 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
                   f"                                          (ggc_q8a_meta *)(work + {ne0}) + i0 / 32);"]
     lines += ["    }", "}",
               f"static void {name}(char *arena, const ggc_cuda_ctx *c) {{",
-              f"    {name}_kernel<<<{rows}, {nt}, 0, c->stream>>>(arena, (char *)c->work);", "}", ""]
+              f"    ggc_launch({name}_kernel, {rows}, {nt}, 0, c->stream, arena, (char *)c->work);", "}", ""]
     return lines
 
 
@@ -198,6 +199,7 @@ def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     name = f"group_{gi}_{grp.id}"
     lines = [f"/* fused: {' -> '.join(t.op for t in grp.nodes)} ({last.label()}) */",
              f"__global__ void {name}_kernel(char *arena) {{",
+             "    GGC_PDL_BEGIN();",
              "    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;",
              f"    if (i >= {n}) return;",
              f"    const int64_t i0 = i % {ne[0]}, i1 = (i / {ne[0]}) % {ne[1]}, i2 = (i / {ne[0] * ne[1]}) % {ne[2]}, "
@@ -207,7 +209,7 @@ def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     lines += _chain_lines(p, grp.nodes, "    ")
     lines += [f"    *(float *)(arena + {p.offset_of(last)} + {_index_expr(last, False)}) = v;", "}",
               f"static void {name}(char *arena, const ggc_cuda_ctx *c) {{",
-              f"    {name}_kernel<<<{(n + 255) // 256}, 256, 0, c->stream>>>(arena);", "}", ""]
+              f"    ggc_launch({name}_kernel, {(n + 255) // 256}, 256, 0, c->stream, arena);", "}", ""]
     return lines
 
 

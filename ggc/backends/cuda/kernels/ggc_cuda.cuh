@@ -60,6 +60,53 @@ struct ggc_cuda_ctx {
         abort();                                                                                     \
     } while (0)
 
+/* ---- programmatic dependent launch (sm_90+). Every kernel is launched with ggc_launch, which lets
+ * the next kernel of the stream (or of the recorded CUDA graph) be scheduled while this one still
+ * runs; every kernel starts with GGC_PDL_BEGIN(): wait until the kernel before it has finished and
+ * its writes are visible (before reading or writing anything), then let the one after it launch.
+ * The hundreds of small kernels of a decode step then no longer pay a launch gap each. Without
+ * PDL (older GPUs, GGC_PDL=0) the wait returns at once and launches are ordinary. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define GGC_PDL_BEGIN()                                          \
+    do {                                                         \
+        asm volatile("griddepcontrol.wait;" ::: "memory");       \
+        asm volatile("griddepcontrol.launch_dependents;" :::);   \
+    } while (0)
+#else
+#define GGC_PDL_BEGIN() \
+    do {                \
+    } while (0)
+#endif
+
+/* whether launches may overlap their predecessor: compute capability 9.0 or later, unless GGC_PDL=0 */
+static inline bool ggc_pdl_enabled(void) {
+    static int on = -1;
+    if (on < 0) {
+        int dev = 0, major = 0;
+        const char *env = getenv("GGC_PDL");
+        on = !(env && env[0] == '0') && cudaGetDevice(&dev) == cudaSuccess &&
+             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+    }
+    return on != 0;
+}
+
+/* a kernel launch (grid, block, dynamic shared memory, stream), as a programmatic dependent launch where enabled */
+template <typename... Params, typename... Args>
+static inline void ggc_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                              Args &&...args) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = ggc_pdl_enabled() ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+}
+
 #define GGC_WARP 32
 #define GGC_QK 32 /* elements per block of the 32-element formats */
 

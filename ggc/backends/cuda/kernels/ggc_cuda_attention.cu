@@ -171,6 +171,7 @@ __device__ __forceinline__ void load_n(const char *row, int i0, float *o, ggc_ty
  * of the chunk (the 4 warps read the same K/V rows: L1/L2 hits); more warps in flight for decode. */
 template <int D, int KT, int VT, int R, bool WROWS>
 __global__ void __launch_bounds__(128) k_fa_vec(const fa_args p) {
+    GGC_PDL_BEGIN();
     constexpr int W = 4, EPL = D / 32, BR = WROWS ? W : R; /* rows per block */
     static_assert(!WROWS || R == 1, "one row per warp");
     /* Q rows and the warps' probabilities during the loop; the warps' partial outputs after it */
@@ -439,6 +440,7 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *sbuf)
  * in shared memory, then the warps sum interleaved chunks of 32 dims (independent loads in
  * flight) and merge */
 __global__ void __launch_bounds__(256) k_fa_combine(const fa_args p, int D) {
+    GGC_PDL_BEGIN();
     extern __shared__ float s_w[]; /* n_chunks */
     __shared__ float sbuf[32], s_o[8][32];
     const int64_t row = blockIdx.x;
@@ -611,6 +613,7 @@ constexpr size_t mma_smem_bytes() {
 
 template <int D, bool ASYNC>
 __global__ void __launch_bounds__(128) k_fa_mma(const fa_args p, bool kvec, bool vvec) {
+    GGC_PDL_BEGIN();
     constexpr int BQ = MMA_BQ, BK = 64, DP = D + 8, MP = BK + 8, NT = BK / 8, DT = D / 8, KS = D / 16;
     /* two stages of K, V and mask tiles (the next tile loads while this one is computed); Q is
      * staged over the first K/V tiles at the start */
@@ -902,8 +905,8 @@ void launch_mma(const fa_args &p, dim3 grid, cudaStream_t s, bool kvec, bool vve
         GGC_CUDA_CHECK(cudaFuncSetAttribute(k_fa_mma<D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         configured = true;
     }
-    if (kvec && vvec && p.tk == GGC_TYPE_F16 && p.tv == GGC_TYPE_F16) k_fa_mma<D, true><<<grid, 128, smem, s>>>(p, kvec, vvec);
-    else k_fa_mma<D, false><<<grid, 128, smem, s>>>(p, kvec, vvec);
+    if (kvec && vvec && p.tk == GGC_TYPE_F16 && p.tv == GGC_TYPE_F16) ggc_launch(k_fa_mma<D, true>, grid, 128, smem, s, p, kvec, vvec);
+    else ggc_launch(k_fa_mma<D, false>, grid, 128, smem, s, p, kvec, vvec);
 }
 
 template <int D, bool WROWS>
@@ -913,16 +916,16 @@ void launch_vec(const fa_args &p, dim3 grid, cudaStream_t s, bool kvec, bool vve
     constexpr bool R4 = !WROWS && (D == 64 || D == 128);
     if constexpr (D == 96) { /* a rare head size: the generic kernel only */
         (void)kvec, (void)vvec;
-        k_fa_vec<D, -1, -1, R, WROWS><<<grid, 128, 0, s>>>(p);
+        ggc_launch(k_fa_vec<D, -1, -1, R, WROWS>, grid, 128, 0, s, p);
     } else {
         if (p.tk == GGC_TYPE_F16 && p.tv == GGC_TYPE_F16 && kvec && vvec)
-            k_fa_vec<D, GGC_TYPE_F16, GGC_TYPE_F16, R, WROWS><<<grid, 128, 0, s>>>(p);
+            ggc_launch(k_fa_vec<D, GGC_TYPE_F16, GGC_TYPE_F16, R, WROWS>, grid, 128, 0, s, p);
         else if (p.tk == GGC_TYPE_Q8_0 && p.tv == GGC_TYPE_Q8_0 && R4 && p.G * p.n_q <= 4)
-            k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R4 ? 4 : R, WROWS><<<grid, 128, 0, s>>>(p);
+            ggc_launch(k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R4 ? 4 : R, WROWS>, grid, 128, 0, s, p);
         else if (p.tk == GGC_TYPE_Q8_0 && p.tv == GGC_TYPE_Q8_0)
-            k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R, WROWS><<<grid, 128, 0, s>>>(p);
+            ggc_launch(k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R, WROWS>, grid, 128, 0, s, p);
         else
-            k_fa_vec<D, -1, -1, R, WROWS><<<grid, 128, 0, s>>>(p);
+            ggc_launch(k_fa_vec<D, -1, -1, R, WROWS>, grid, 128, 0, s, p);
     }
 }
 
@@ -1015,8 +1018,7 @@ void ggc_cuda_op_flash_attn_ext(const ggc_node *n, const ggc_cuda_ctx *c) {
         }
     }
     if (p.n_chunks > 1)
-        k_fa_combine<<<dim3((unsigned)pl.rows, (unsigned)(D / 32), 1), 32 * (p.n_chunks < 8 ? p.n_chunks : 8),
-                       (size_t)p.n_chunks * sizeof(float), s>>>(p, (int)D);
+        ggc_launch(k_fa_combine, dim3((unsigned)pl.rows, (unsigned)(D / 32), 1), 32 * (p.n_chunks < 8 ? p.n_chunks : 8), (size_t)p.n_chunks * sizeof(float), s, p, (int)D);
 }
 
 } // extern "C"

@@ -24,6 +24,7 @@ template <int R> struct ggc_gemv_unroll {
 
 template <ggc_type T, int NC>
 static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const ggc_mm_args a) {
+    GGC_PDL_BEGIN();
     constexpr int R = ggc_mmv_rows(NC);
     constexpr int U = ggc_gemv_unroll<R>::U;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -97,6 +98,7 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
 #define GGC_GEMV1_THREADS 128
 template <ggc_type T, int ROWS, bool SWIGLU>
 static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const ggc_mm_args a) {
+    GGC_PDL_BEGIN();
     constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = GGC_GEMV1_THREADS / 32;
     __shared__ float red[WR][NW];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;

@@ -151,6 +151,7 @@ static __device__ __forceinline__ bool ggc_mmv_column(const ggc_mm_args &a, int6
 template <ggc_actq Q>
 static __global__ void ggc_k_quantize_q8a(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t nblocks,
                                    int8_t *q, ggc_q8a_meta *meta) {
+    GGC_PDL_BEGIN();
     constexpr int QB = ggc_actq_blck(Q);
     const int lane = threadIdx.x & 31;
     const int64_t bi = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -177,6 +178,7 @@ static __global__ void ggc_k_quantize_q8a(const uint8_t *src, ggc_type type, ggc
 template <ggc_actq Q>
 static __global__ void ggc_k_fake_quant_rows(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t stride,
                                              int64_t nblocks, uint16_t *out) {
+    GGC_PDL_BEGIN();
     constexpr int QB = ggc_actq_blck(Q);
     const int lane = threadIdx.x & 31;
     const int64_t bi = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -204,6 +206,7 @@ static __global__ void ggc_k_fake_quant_rows(const uint8_t *src, ggc_type type, 
 /* src1 rows -> contiguous rows of `stride` elements (zero padded) as f32 / f16 / bf16 */
 static __global__ void ggc_k_convert_rows(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t stride, int64_t total,
                                    void *out, ggc_type otype) {
+    GGC_PDL_BEGIN();
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     const int64_t r = i / stride, k = i % stride;
@@ -293,6 +296,7 @@ static __host__ __device__ constexpr int ggc_mmv_rows(int nc) { return nc == 1 ?
 
 template <ggc_type T, int NC>
 static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_mmvq(const ggc_mm_args a) {
+    GGC_PDL_BEGIN();
     using G = ggc_mmvq_geom<T>;
     constexpr int TS = ggc_cuda_tsize(T), R = ggc_mmv_rows(NC), ST = R >= 4 ? 2 : GGC_MMVQ_STAGES;
     __shared__ __align__(16) uint8_t smem[GGC_MMVQ_WARPS][ST][R][G::BUF];
@@ -424,6 +428,7 @@ static __device__ __forceinline__ void ggc_load8_float(const uint8_t *row, int64
  * weight rows are 16-byte aligned (a uniform branch; 16-byte loads then). */
 template <ggc_type T, int NC, int LPR>
 static __global__ void __launch_bounds__(GGC_MMVF_THREADS) ggc_k_mmvf(const ggc_mm_args a, const bool vec) {
+    GGC_PDL_BEGIN();
     constexpr int R = ggc_mmv_rows(NC);
     const int lane = threadIdx.x & 31, sub = lane % LPR;
     const int64_t row0 = ((int64_t)blockIdx.x * GGC_MMVF_THREADS + threadIdx.x) / LPR * R, z = blockIdx.y;
@@ -507,6 +512,7 @@ static __device__ __forceinline__ float ggc_dot8(const ggc_raw8<T> &raw, const f
 
 template <ggc_type T, int ROWS, bool SWIGLU>
 static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(const ggc_mm_args a) {
+    GGC_PDL_BEGIN();
     constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, U = 4;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     int64_t n0 = (int64_t)blockIdx.x * GGC_GEMVF1_WARPS * ROWS, N = a.N;
@@ -581,6 +587,7 @@ static constexpr size_t ggc_mmq_smem_bytes(int mt, bool direct) {
  * is batch + nzb * slice, each slice sums its share of the K tiles into a.partial. */
 template <ggc_type T, int MT, bool VEC>
 static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq(const ggc_mm_args a) {
+    GGC_PDL_BEGIN();
     constexpr bool BF = T == GGC_TYPE_BF16;
     constexpr bool DIRECT = VEC && (T == GGC_TYPE_F16 || T == GGC_TYPE_BF16);
     constexpr int BM = 32 * MT, BN = GGC_MMQ_BN, BK = GGC_MMQ_BK, LDS = GGC_MMQ_LDS, S = GGC_MMQ_STAGES;
@@ -786,6 +793,7 @@ static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq(const ggc
 
 /* split-K: dst(i0, i11, i12, i13) = the sum over slices of partial[slice][i11 + ne11 * (i12 + ne12 * i13)][i0] */
 static __global__ void ggc_k_mmq_reduce(const ggc_mm_args a, int64_t total) {
+    GGC_PDL_BEGIN();
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     const int64_t n = i % a.N, r = i / a.N;
@@ -800,6 +808,7 @@ static __global__ void ggc_k_mmq_reduce(const ggc_mm_args a, int64_t total) {
 /* One block: count pairs per expert, offsets, pair lists (by expert), and the tile list. */
 static __global__ void ggc_k_moe_group(ggc_mm_args a, int64_t n_tok, int bm, int *counts, int *offs, int *pairs, int2 *tiles,
                                 int *n_tiles) {
+    GGC_PDL_BEGIN();
     const int64_t n_pairs = a.n_used * n_tok;
     for (int64_t e = threadIdx.x; e < a.n_as; e += blockDim.x) counts[e] = 0;
     __syncthreads();
@@ -855,9 +864,9 @@ size_t act_bytes(mm_path p, int64_t rows, int64_t k) {
 /* a kernel template over the activation quantization of weight type t */
 #define GGC_ACTQ_LAUNCH(t, kern, grid, block, st, ...)                                                            \
     switch (ggc_actq_of(t)) {                                                                                      \
-    case GGC_ACTQ_Q8_1: kern<GGC_ACTQ_Q8_1><<<grid, block, 0, st>>>(__VA_ARGS__); break;                          \
-    case GGC_ACTQ_Q8_K: kern<GGC_ACTQ_Q8_K><<<grid, block, 0, st>>>(__VA_ARGS__); break;                          \
-    default: kern<GGC_ACTQ_Q8_0><<<grid, block, 0, st>>>(__VA_ARGS__); break;                                    \
+    case GGC_ACTQ_Q8_1: ggc_launch(kern<GGC_ACTQ_Q8_1>, grid, block, 0, st, __VA_ARGS__); break;                          \
+    case GGC_ACTQ_Q8_K: ggc_launch(kern<GGC_ACTQ_Q8_K>, grid, block, 0, st, __VA_ARGS__); break;                          \
+    default: ggc_launch(kern<GGC_ACTQ_Q8_0>, grid, block, 0, st, __VA_ARGS__); break;                                    \
     }
 
 /* src1 that the float matrix-vector kernels can read in place: contiguous f32 rows of whole
@@ -904,7 +913,7 @@ void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work
     }
     const ggc_type ot = p == PATH_MMVF ? GGC_TYPE_F32 : w->type == GGC_TYPE_BF16 ? GGC_TYPE_BF16 : GGC_TYPE_F16;
     const int64_t total = rows * stride;
-    ggc_k_convert_rows<<<ggc_cuda_grid(total, 256), 256, 0, st>>>((const uint8_t *)b->data, b->type, s, stride, total,
+    ggc_launch(ggc_k_convert_rows, ggc_cuda_grid(total, 256), 256, 0, st, (const uint8_t *)b->data, b->type, s, stride, total,
                                                                    work, ot);
 }
 #undef GGC_ACTQ_LAUNCH
@@ -1019,7 +1028,7 @@ void launch_mmq(ggc_type t, int mt, bool vec, dim3 grid, const ggc_mm_args &a, c
     const size_t smem = ggc_mmq_smem_bytes(mt, direct);
     /* per device and cheap: set on every launch rather than cached */
     GGC_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    k<<<grid, GGC_MMQ_THREADS, smem, st>>>(a);
+    ggc_launch(k, grid, GGC_MMQ_THREADS, smem, st, a);
 }
 
 ggc_mm_args base_args(const ggc_node *n) {
@@ -1052,13 +1061,13 @@ int mmq_mt(int64_t rows_per_tile_hint) { return rows_per_tile_hint >= 128 ? 4 : 
 void launch_mmv(mm_path p, const ggc_tensor *w, const ggc_mm_args &a, int nc, int64_t nz, cudaStream_t st) {
     if (p == PATH_MMVQ) {
         const dim3 grid(ggc_cuda_grid(a.N, GGC_MMVQ_WARPS * ggc_mmv_rows(nc)), (unsigned)nz);
-        pick_mmvq(w->type, nc)<<<grid, GGC_MMVQ_WARPS * 32, 0, st>>>(a);
+        ggc_launch(pick_mmvq(w->type, nc), grid, GGC_MMVQ_WARPS * 32, 0, st, a);
     } else {
         const int lpr = a.K <= 64 ? 8 : a.K <= 128 ? 16 : 32;
         const bool vec = aligned16(w);
         const int64_t groups = ggc_cdiv(a.N, ggc_mmv_rows(nc));
         const dim3 grid(ggc_cuda_grid(groups * lpr, GGC_MMVF_THREADS), (unsigned)nz);
-        pick_mmvf(w->type, nc, lpr)<<<grid, GGC_MMVF_THREADS, 0, st>>>(a, vec);
+        ggc_launch(pick_mmvf(w->type, nc, lpr), grid, GGC_MMVF_THREADS, 0, st, a, vec);
     }
 }
 
@@ -1117,8 +1126,8 @@ void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cud
     if (!ok) GGC_UNSUPPORTED("MUL_MAT with src[4..7] (sibling products): one column, weights of one layout, f32 results");
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     const dim3 grid((unsigned)a.seg_block[a.nseg], 1);
-    if (quant) pick_gemv1(w->type, false)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
-    else pick_gemvf1(w->type, false)<<<grid, GGC_GEMVF1_WARPS * 32, 0, ctx->stream>>>(a);
+    if (quant) ggc_launch(pick_gemv1(w->type, false), grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
+    else ggc_launch(pick_gemvf1(w->type, false), grid, GGC_GEMVF1_WARPS * 32, 0, ctx->stream, a);
 }
 
 }  // namespace
@@ -1166,18 +1175,18 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         launch_mmq(w->type, pl.mt, mmq_vec(w), pl.grid, a, ctx->stream);
         if (pl.split > 1) {
             const int64_t total = a.partial_rows * a.N;
-            ggc_k_mmq_reduce<<<ggc_cuda_grid(total, 256), 256, 0, ctx->stream>>>(a, total);
+            ggc_launch(ggc_k_mmq_reduce, ggc_cuda_grid(total, 256), 256, 0, ctx->stream, a, total);
         }
         return;
     }
     if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged_mmv())) { /* batch-1 decode */
         const dim3 grid(ggc_cuda_grid(a.N, gemv_rows_per_block(true, a.w2)), (unsigned)(a.ne12 * a.ne13));
-        pick_gemv1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMV1_THREADS, 0, ctx->stream>>>(a);
+        ggc_launch(pick_gemv1(w->type, a.w2 != nullptr), grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
         return;
     }
     if (p == PATH_MMVF && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && gemvf1_ok(w)) { /* batch-1 decode */
         const dim3 grid(ggc_cuda_grid(a.N, gemv_rows_per_block(false, a.w2)), (unsigned)(a.ne12 * a.ne13));
-        pick_gemvf1(w->type, a.w2 != nullptr)<<<grid, GGC_GEMVF1_WARPS * 32, 0, ctx->stream>>>(a);
+        ggc_launch(pick_gemvf1(w->type, a.w2 != nullptr), grid, GGC_GEMVF1_WARPS * 32, 0, ctx->stream, a);
         return;
     }
     const int64_t shared_cols = a.ne11 * a.r2 * a.r3;
@@ -1258,7 +1267,7 @@ extern "C" void ggc_cuda_op_mul_mat_id(const ggc_node *n, const ggc_cuda_ctx *ct
     int *counts = (int *)(work + l.counts), *offs = (int *)(work + l.offs), *pairs = (int *)(work + l.pairs);
     int2 *tiles = (int2 *)(work + l.tiles);
     int *n_tiles = (int *)(work + l.n_tiles);
-    ggc_k_moe_group<<<1, 1024, 0, ctx->stream>>>(a, n_tok, l.bm, counts, offs, pairs, tiles, n_tiles);
+    ggc_launch(ggc_k_moe_group, 1, 1024, 0, ctx->stream, a, n_tok, l.bm, counts, offs, pairs, tiles, n_tiles);
     a.pairs = pairs;
     a.offs = offs;
     a.tiles = tiles;

@@ -86,6 +86,7 @@ inline rows_cfg rows_config(int64_t ne0, int64_t nrows) {
 /* the row loop shared by the elementwise kernels: F::row(i1, i2, i3) then F::elem(row, i0) */
 template <class F>
 __global__ void k_rows(F f, int64_t ne0, int64_t ne1, int64_t ne2, int64_t nrows) {
+    GGC_PDL_BEGIN();
     for (int64_t r = (int64_t)blockIdx.y * blockDim.y + threadIdx.y; r < nrows; r += (int64_t)gridDim.y * blockDim.y) {
         int64_t i1, i2, i3;
         if (nrows <= 0xffffffffll) { /* 32-bit division is several times cheaper */
@@ -110,7 +111,7 @@ void launch_rows(const F &f, const ggc_tensor *d, cudaStream_t s) {
     const int64_t nr = nrows_of(d);
     if (d->ne[0] <= 0 || nr <= 0) return;
     const rows_cfg c = rows_config(d->ne[0], nr);
-    k_rows<F><<<c.grid, c.block, 0, s>>>(f, d->ne[0], d->ne[1], d->ne[2], nr);
+    ggc_launch(k_rows<F>, c.grid, c.block, 0, s, f, d->ne[0], d->ne[1], d->ne[2], nr);
 }
 
 /* The fast path of the elementwise ops: f32 tensors whose rows (flat index r over dims 1..3) lie at
@@ -147,6 +148,7 @@ inline bool same_rows(const ggc_tensor *a, const ggc_tensor *b) {
 
 template <class F>
 __global__ void k_rows4(F f, int64_t n4, int64_t nrows) {
+    GGC_PDL_BEGIN();
     for (int64_t r = (int64_t)blockIdx.y * blockDim.y + threadIdx.y; r < nrows; r += (int64_t)gridDim.y * blockDim.y)
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n4; c += (int64_t)gridDim.x * blockDim.x)
             f(r, c);
@@ -155,7 +157,7 @@ template <class F>
 void launch_rows4(const F &f, int64_t ne0, int64_t nrows, cudaStream_t s) {
     if (ne0 <= 0 || nrows <= 0) return;
     const rows_cfg c = rows_config(ne0 / 4, nrows);
-    k_rows4<F><<<c.grid, c.block, 0, s>>>(f, ne0 / 4, nrows);
+    ggc_launch(k_rows4<F>, c.grid, c.block, 0, s, f, ne0 / 4, nrows);
 }
 
 /* ------------------------------------------------------------------ reductions */
@@ -510,6 +512,7 @@ void glu(const ggc_node *n, const ggc_cuda_ctx *c) {
 template <int KIND>
 __global__ void k_norm(const char *a, ggc_cuda_shape sa, ggc_type ta, char *d, ggc_cuda_shape sd, ggc_type td,
                        int64_t nrows, float eps) {
+    GGC_PDL_BEGIN();
     __shared__ float sbuf[32];
     const int64_t ne0 = sa.ne[0];
     const int tx = threadIdx.x, bx = blockDim.x;
@@ -554,7 +557,7 @@ void norm_op(const ggc_node *n, const ggc_cuda_ctx *c, const char *name) {
     const int64_t nr = nrows_of(a);
     if (nr <= 0 || a->ne[0] <= 0) return;
     const red_cfg rc = red_config(a->ne[0], nr);
-    k_norm<KIND><<<rc.grid, rc.block, 0, c->stream>>>((const char *)a->data, ggc_cuda_shape_of(a), a->type,
+    ggc_launch(k_norm<KIND>, rc.grid, rc.block, 0, c->stream, (const char *)a->data, ggc_cuda_shape_of(a), a->type,
                                                       (char *)d->data, ggc_cuda_shape_of(d), d->type, nr,
                                                       KIND == 3 ? 0.0f : param_f(n, 0));
 }
@@ -565,6 +568,7 @@ template <typename W>
 __global__ void k_concat(const char *a, ggc_cuda_shape sa, const char *b, ggc_cuda_shape sb, char *d,
                          ggc_cuda_shape sd, int64_t ne0, int64_t a0, int64_t o1, int64_t o2, int64_t o3, int64_t o0,
                          int words, int64_t total) {
+    GGC_PDL_BEGIN();
     /* ne0, a0, o0 in elements (blocks for quantized types); sd.ne[1..3] are dst's */
     for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
         const int64_t i0 = idx % ne0, r = idx / ne0;
@@ -634,6 +638,7 @@ __device__ __forceinline__ void sort_out(char *drow, int64_t nb0, const int *si,
 /* a whole row in shared memory: one block per row */
 __global__ void k_sort_rows(const char *a, ggc_cuda_shape sa, char *d, ggc_cuda_shape sd, int n, int n_pad, int kout,
                             bool desc, bool topk) {
+    GGC_PDL_BEGIN();
     extern __shared__ float smem_sort[];
     float *sv = smem_sort;
     int *si = (int *)(smem_sort + n_pad);
@@ -651,6 +656,7 @@ __global__ void k_sort_rows(const char *a, ggc_cuda_shape sa, char *d, ggc_cuda_
 
 /* work-memory path: rows padded to n_pad in wv/wi */
 __global__ void k_sort_init(const char *a, ggc_cuda_shape sa, float *wv, int *wi, int n, int n_pad, int64_t total) {
+    GGC_PDL_BEGIN();
     for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = idx / n_pad;
         const int i = (int)(idx % n_pad);
@@ -661,6 +667,7 @@ __global__ void k_sort_init(const char *a, ggc_cuda_shape sa, float *wv, int *wi
 }
 /* tiles of SORT_TILE elements through shared memory; grid: (tiles per row, rows) */
 __global__ void k_sort_tile(float *wv, int *wi, int n, int n_pad, int k_lo, int k_hi, int j_first, bool desc) {
+    GGC_PDL_BEGIN();
     __shared__ float sv[SORT_TILE];
     __shared__ int si[SORT_TILE];
     const int64_t off = (int64_t)blockIdx.y * n_pad + (int64_t)blockIdx.x * SORT_TILE;
@@ -677,6 +684,7 @@ __global__ void k_sort_tile(float *wv, int *wi, int n, int n_pad, int k_lo, int 
 }
 /* one compare-exchange step (k, j) over every row, in global memory */
 __global__ void k_sort_step(float *wv, int *wi, int n, int n_pad, int k, int j, bool desc, int64_t total_pairs) {
+    GGC_PDL_BEGIN();
     for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < total_pairs; p += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = p / (n_pad / 2);
         const int t = (int)(p % (n_pad / 2));
@@ -685,6 +693,7 @@ __global__ void k_sort_step(float *wv, int *wi, int n, int n_pad, int k, int j, 
     }
 }
 __global__ void k_sort_out(const int *wi, char *d, ggc_cuda_shape sd, int n_pad, int kout, bool topk) {
+    GGC_PDL_BEGIN();
     const int64_t r = blockIdx.x;
     const int64_t i1 = r % sd.ne[1], t = r / sd.ne[1], i2 = t % sd.ne[2], i3 = t / sd.ne[2];
     sort_out(row_of(d, sd, i1, i2, i3), sd.nb[0], wi + r * n_pad, kout, topk);
@@ -716,7 +725,7 @@ void sort_op(const ggc_node *n, const ggc_cuda_ctx *c, bool desc, bool topk) {
             GGC_CUDA_CHECK(cudaFuncSetAttribute(k_sort_rows, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         const int threads = n_pad / 2 < 32 ? 32 : n_pad / 2 > 1024 ? 1024 : n_pad / 2;
         if (nr > 0x7fffffff) GGC_UNSUPPORTED("argsort/top_k: more than 2^31 rows");
-        k_sort_rows<<<(unsigned)nr, threads, smem, c->stream>>>((const char *)a->data, sa, (char *)d->data, sd, n0, n_pad,
+        ggc_launch(k_sort_rows, (unsigned)nr, threads, smem, c->stream, (const char *)a->data, sa, (char *)d->data, sd, n0, n_pad,
                                                                  kout, desc, topk);
         return;
     }
@@ -726,16 +735,16 @@ void sort_op(const ggc_node *n, const ggc_cuda_ctx *c, bool desc, bool topk) {
     float *wv = (float *)c->work;
     int *wi = (int *)(wv + (size_t)nr * n_pad);
     const int64_t total = nr * n_pad;
-    k_sort_init<<<ggc_cuda_grid(total, 256), 256, 0, c->stream>>>((const char *)a->data, sa, wv, wi, n0, n_pad, total);
+    ggc_launch(k_sort_init, ggc_cuda_grid(total, 256), 256, 0, c->stream, (const char *)a->data, sa, wv, wi, n0, n_pad, total);
     const dim3 tiles((unsigned)(n_pad / SORT_TILE), (unsigned)nr, 1);
-    k_sort_tile<<<tiles, 1024, 0, c->stream>>>(wv, wi, n0, n_pad, 2, SORT_TILE, 1, desc);
+    ggc_launch(k_sort_tile, tiles, 1024, 0, c->stream, wv, wi, n0, n_pad, 2, SORT_TILE, 1, desc);
     for (int k = 2 * SORT_TILE; k <= n_pad; k <<= 1) {
         for (int j = k >> 1; j >= SORT_TILE; j >>= 1) {
-            k_sort_step<<<ggc_cuda_grid(total / 2, 256), 256, 0, c->stream>>>(wv, wi, n0, n_pad, k, j, desc, total / 2);
+            ggc_launch(k_sort_step, ggc_cuda_grid(total / 2, 256), 256, 0, c->stream, wv, wi, n0, n_pad, k, j, desc, total / 2);
         }
-        k_sort_tile<<<tiles, 1024, 0, c->stream>>>(wv, wi, n0, n_pad, k, k, SORT_TILE / 2, desc);
+        ggc_launch(k_sort_tile, tiles, 1024, 0, c->stream, wv, wi, n0, n_pad, k, k, SORT_TILE / 2, desc);
     }
-    k_sort_out<<<(unsigned)nr, 256, 0, c->stream>>>(wi, (char *)d->data, sd, n_pad, kout, topk);
+    ggc_launch(k_sort_out, (unsigned)nr, 256, 0, c->stream, wi, (char *)d->data, sd, n_pad, kout, topk);
 }
 
 /* ------------------------------------------------------------------ ROPE */
@@ -810,6 +819,7 @@ __device__ float rope_theta(const rope_args &p, int64_t i2, int64_t pp) {
 /* grid: x = token (i2 + ne2 * i3), y = pair tiles, z = head tiles; block (pairs, heads): a decode
  * step's one token still spreads over many blocks (a block per token alone ran its heads serially) */
 __global__ void k_rope(rope_args p) {
+    GGC_PDL_BEGIN();
     const int64_t t = blockIdx.x, ne2 = p.sd.ne[2], i2 = t % ne2, i3 = t / ne2, ne1 = p.sd.ne[1];
     const int64_t pp = (int64_t)blockIdx.y * blockDim.x + threadIdx.x;
     const bool tiled = gridDim.z > 1;
@@ -878,6 +888,7 @@ __device__ __forceinline__ float alibi_slope(float max_bias, float m0, float m1,
 
 /* threads of blockDim.x per row (a warp: 4 rows per block; more: one row per block) */
 __global__ void k_soft_max(softmax_args p) {
+    GGC_PDL_BEGIN();
     extern __shared__ float smem_row[];
     __shared__ float sbuf[32];
     const int64_t ne0 = p.sa.ne[0];
@@ -964,13 +975,13 @@ void ggc_cuda_op_concat(const ggc_node *n, const ggc_cuda_ctx *c) {
     const ggc_cuda_shape sa = ggc_cuda_shape_of(a), sb = ggc_cuda_shape_of(b), sd = ggc_cuda_shape_of(d);
     const unsigned grid = ggc_cuda_grid(total, 256);
     if (al % 4 == 0)
-        k_concat<uint32_t><<<grid, 256, 0, c->stream>>>((const char *)a->data, sa, (const char *)b->data, sb,
+        ggc_launch(k_concat<uint32_t>, grid, 256, 0, c->stream, (const char *)a->data, sa, (const char *)b->data, sb,
                                                          (char *)d->data, sd, ne0, a0, o[1], o[2], o[3], o[0], esize / 4, total);
     else if (al % 2 == 0)
-        k_concat<uint16_t><<<grid, 256, 0, c->stream>>>((const char *)a->data, sa, (const char *)b->data, sb,
+        ggc_launch(k_concat<uint16_t>, grid, 256, 0, c->stream, (const char *)a->data, sa, (const char *)b->data, sb,
                                                          (char *)d->data, sd, ne0, a0, o[1], o[2], o[3], o[0], esize / 2, total);
     else
-        k_concat<uint8_t><<<grid, 256, 0, c->stream>>>((const char *)a->data, sa, (const char *)b->data, sb,
+        ggc_launch(k_concat<uint8_t>, grid, 256, 0, c->stream, (const char *)a->data, sa, (const char *)b->data, sb,
                                                         (char *)d->data, sd, ne0, a0, o[1], o[2], o[3], o[0], esize, total);
 }
 
@@ -1077,7 +1088,7 @@ void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
     /* head tiles: enough blocks to fill the GPU for one token, one tile for long batches */
     const int64_t gz = tokens >= 64 ? 1 : ggc_cdiv(p.sd.ne[1], by);
     if (tokens > 0x7fffffff || gy > 65535 || gz > 65535) GGC_UNSUPPORTED("ROPE grid too large");
-    k_rope<<<dim3((unsigned)tokens, (unsigned)gy, (unsigned)gz), dim3(bx, by, 1), 0, c->stream>>>(p);
+    ggc_launch(k_rope, dim3((unsigned)tokens, (unsigned)gy, (unsigned)gz), dim3(bx, by, 1), 0, c->stream, p);
 }
 
 void ggc_cuda_op_soft_max(const ggc_node *n, const ggc_cuda_ctx *c) {
@@ -1106,7 +1117,7 @@ void ggc_cuda_op_soft_max(const ggc_node *n, const ggc_cuda_ctx *c) {
     size_t smem = (size_t)a->ne[0] * rc.block.y * sizeof(float);
     p.cache = smem <= 48 * 1024;
     if (!p.cache) smem = 0;
-    k_soft_max<<<rc.grid, rc.block, smem, c->stream>>>(p);
+    ggc_launch(k_soft_max, rc.grid, rc.block, smem, c->stream, p);
 }
 
 } // extern "C"

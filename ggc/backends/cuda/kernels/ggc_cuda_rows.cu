@@ -60,6 +60,7 @@ static __device__ __forceinline__ void ggc_store_any(uint8_t *p, ggc_type t, flo
 /* ------------------------------------------------------------------ same-type unit copies */
 
 static __global__ void ggc_k_copy_units(units s, units d, int64_t n, int usz) {
+    GGC_PDL_BEGIN();
     const int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= n) return;
     const uint8_t *src = ggc_unit_ptr(s, k);
@@ -80,6 +81,7 @@ static __global__ void ggc_k_copy_units(units s, units d, int64_t n, int usz) {
 
 /* element by element between non-block types */
 static __global__ void ggc_k_copy_convert(units s, ggc_type st, units d, ggc_type dt, int64_t n) {
+    GGC_PDL_BEGIN();
     const int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= n) return;
     ggc_store_any(ggc_unit_ptr(d, k), dt, ggc_load_any(ggc_unit_ptr(s, k), st));
@@ -87,6 +89,7 @@ static __global__ void ggc_k_copy_convert(units s, ggc_type st, units d, ggc_typ
 
 /* quantized source -> element destination: a thread per 8 source elements */
 template <ggc_type T> static __global__ void ggc_k_copy_dequant(units s, units d, ggc_type dt, int64_t n8) {
+    GGC_PDL_BEGIN();
     const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= n8) return;
     constexpr int B = ggc_cuda_blck(T);
@@ -99,6 +102,7 @@ template <ggc_type T> static __global__ void ggc_k_copy_dequant(units s, units d
 
 /* element source -> quantized destination: a thread per destination block */
 template <ggc_type T> static __global__ void ggc_k_copy_quant(units s, ggc_type st, units d, int64_t nblk) {
+    GGC_PDL_BEGIN();
     const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= nblk) return;
     float x[GGC_QK];
@@ -148,7 +152,7 @@ void copy_tensor(const ggc_tensor *s, const ggc_tensor *d, cudaStream_t st) {
                                            cudaMemcpyDeviceToDevice, st));
             return;
         }
-        ggc_k_copy_units<<<ggc_cuda_grid(n, 256), 256, 0, st>>>(su, du, n, ggc_cuda_tsize(d->type));
+        ggc_launch(ggc_k_copy_units, ggc_cuda_grid(n, 256), 256, 0, st, su, du, n, ggc_cuda_tsize(d->type));
         return;
     }
     if (sq && dq) return; /* ggml converts only through f32: not an op */
@@ -156,12 +160,12 @@ void copy_tensor(const ggc_tensor *s, const ggc_tensor *d, cudaStream_t st) {
     if (nel == 0) return;
     if (sq) {
         const dequant_kernel k = pick_dequant(s->type);
-        if (k) k<<<ggc_cuda_grid(nel / 8, 256), 256, 0, st>>>(su, du, d->type, nel / 8);
+        if (k) ggc_launch(k, ggc_cuda_grid(nel / 8, 256), 256, 0, st, su, du, d->type, nel / 8);
     } else if (dq) {
         const quant_kernel k = pick_quant(d->type);
-        if (k) k<<<ggc_cuda_grid(nunits(du), 128), 128, 0, st>>>(su, s->type, du, nunits(du));
+        if (k) ggc_launch(k, ggc_cuda_grid(nunits(du), 128), 128, 0, st, su, s->type, du, nunits(du));
     } else {
-        ggc_k_copy_convert<<<ggc_cuda_grid(nel, 256), 256, 0, st>>>(su, s->type, du, d->type, nel);
+        ggc_launch(ggc_k_copy_convert, ggc_cuda_grid(nel, 256), 256, 0, st, su, s->type, du, d->type, nel);
     }
 }
 
@@ -179,6 +183,7 @@ template <ggc_type T>
 static __global__ void ggc_k_get_rows(const uint8_t *src, ggc_cuda_shape s, ggc_type stype, const uint8_t *ids,
                                ggc_cuda_shape is, uint8_t *dst, ggc_cuda_shape ds, ggc_type dtype, int64_t per_row,
                                int64_t total) {
+    GGC_PDL_BEGIN();
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= total) return;
     const int64_t r = g / per_row, c = g % per_row;
@@ -213,12 +218,12 @@ extern "C" void ggc_cuda_op_get_rows(const ggc_node *n, const ggc_cuda_ctx *c) {
     const unsigned grid = ggc_cuda_grid(total, 256);
     switch (a->type) {
 #define X(T)                                                                                                           \
-    case T: ggc_k_get_rows<T><<<grid, 256, 0, c->stream>>>(src, s, a->type, ids, is, dst, ds, d->type, per_row, total); break;
+    case T: ggc_launch(ggc_k_get_rows<T>, grid, 256, 0, c->stream, src, s, a->type, ids, is, dst, ds, d->type, per_row, total); break;
         X(GGC_TYPE_Q4_0) X(GGC_TYPE_Q4_1) X(GGC_TYPE_Q5_0) X(GGC_TYPE_Q5_1) X(GGC_TYPE_Q8_0) X(GGC_TYPE_Q2_K)
         X(GGC_TYPE_Q3_K) X(GGC_TYPE_Q4_K) X(GGC_TYPE_Q5_K) X(GGC_TYPE_Q6_K)
 #undef X
     default:
-        ggc_k_get_rows<GGC_TYPE_F32><<<grid, 256, 0, c->stream>>>(src, s, a->type, ids, is, dst, ds, d->type, per_row,
+        ggc_launch(ggc_k_get_rows<GGC_TYPE_F32>, grid, 256, 0, c->stream, src, s, a->type, ids, is, dst, ds, d->type, per_row,
                                                                  total);
     }
 }
@@ -232,6 +237,7 @@ template <ggc_type T>
 static __global__ void ggc_k_set_rows(const uint8_t *src, ggc_cuda_shape s, ggc_type stype, const uint8_t *ids,
                                ggc_cuda_shape is, bool i64, uint8_t *dst, ggc_cuda_shape ds, ggc_type dtype,
                                int64_t per_row, int64_t total) {
+    GGC_PDL_BEGIN();
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= total) return;
     const int64_t r = g / per_row, c = g % per_row;
@@ -265,13 +271,13 @@ extern "C" void ggc_cuda_op_set_rows(const ggc_node *n, const ggc_cuda_ctx *c) {
     switch (d->type) {
 #define X(T)                                                                                                           \
     case T:                                                                                                            \
-        ggc_k_set_rows<T><<<grid, 128, 0, c->stream>>>(src, s, a->type, ids, is, i64, dst, ds, d->type, per_row, total); \
+        ggc_launch(ggc_k_set_rows<T>, grid, 128, 0, c->stream, src, s, a->type, ids, is, i64, dst, ds, d->type, per_row, total); \
         break;
         X(GGC_TYPE_Q4_0) X(GGC_TYPE_Q4_1) X(GGC_TYPE_Q5_0) X(GGC_TYPE_Q5_1) X(GGC_TYPE_Q8_0)
 #undef X
     default:
         if (!q)
-            ggc_k_set_rows<GGC_TYPE_F32><<<grid, 128, 0, c->stream>>>(src, s, a->type, ids, is, i64, dst, ds, d->type,
+            ggc_launch(ggc_k_set_rows<GGC_TYPE_F32>, grid, 128, 0, c->stream, src, s, a->type, ids, is, i64, dst, ds, d->type,
                                                                      per_row, total);
     }
 }

@@ -288,6 +288,7 @@ __device__ ArgmaxPair argmax_block(ArgmaxPair p) {
 }
 
 __global__ void argmax_slices(const float *x, int64_t n, ArgmaxPair *part) {
+    GGC_PDL_BEGIN();
     const int64_t per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = min(n, lo + per);
     ArgmaxPair best = {-INFINITY, -1};
     for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
@@ -299,6 +300,7 @@ __global__ void argmax_slices(const float *x, int64_t n, ArgmaxPair *part) {
 }
 
 __global__ void argmax_final(const ArgmaxPair *part, int nparts, int64_t *out) {
+    GGC_PDL_BEGIN();
     const ArgmaxPair best = argmax_block(threadIdx.x < nparts ? part[threadIdx.x] : ArgmaxPair{-INFINITY, -1});
     if (threadIdx.x == 0) *out = best.i < 0 ? 0 : best.i;
 }
@@ -310,8 +312,8 @@ static int queue_argmax(ggc_model *m, size_t offset, int64_t n, char **out) {
     char *p = stage(m, sizeof(int64_t));
     if (!p) return set_error(m->error, "out of pinned host memory");
     ArgmaxPair *part = reinterpret_cast<ArgmaxPair *>(m->argmax_out + 1);
-    argmax_slices<<<kArgmaxBlocks, kArgmaxThreads, 0, m->ctx.stream>>>((const float *)at(m, offset), n, part);
-    argmax_final<<<1, kArgmaxThreads, 0, m->ctx.stream>>>(part, kArgmaxBlocks, m->argmax_out);
+    ggc_launch(argmax_slices, kArgmaxBlocks, kArgmaxThreads, 0, m->ctx.stream, (const float *)at(m, offset), n, part);
+    ggc_launch(argmax_final, 1, kArgmaxThreads, 0, m->ctx.stream, part, kArgmaxBlocks, m->argmax_out);
     CUDA_OR_FAIL(m, cudaMemcpyAsync(p, m->argmax_out, sizeof(int64_t), cudaMemcpyDeviceToHost, m->ctx.stream));
     *out = p;
     return 0;
