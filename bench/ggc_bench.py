@@ -4,10 +4,11 @@
 
 Measures what llama-bench measures, on the same file: prefill of a --prompt-token batch from an
 empty cache (pp), and --gen decode steps of one token after a --prompt-token prompt (tg). Each
-figure is the median over --reps repetitions after one warm-up. Wall time covers the whole step as
-a greedy `ggc run` sees it (inputs written, the recorded CUDA graph replayed, the argmax of the logits
-taken on the GPU and its index read back: Model.eval_greedy); device time is CUDA events around the
-replay. llama-bench copies each token's logits to the host instead; decode_host_us shows what that
+figure is the median over --reps repetitions after one warm-up. Wall time is the time between
+tokens as a greedy `ggc run` sees them (Model.stream: inputs written, the recorded CUDA graph
+replayed, the argmax of the logits taken on the GPU and its index read back, with step k + 1
+queued, its token fed on the device, before step k's token is read); device time is CUDA events
+around each replay. llama-bench copies each token's logits to the host instead; decode_host_us shows what that
 copy would cost ggc ("read", not part of the step). The program is compiled for exactly the
 prefill batch (--prompt) and a context of prompt + gen tokens, as llama-bench sizes its context.
 --prepare only captures, compiles and builds the program (into the on-disk cache) and exits, so
@@ -45,22 +46,20 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
     rng = np.random.default_rng(0)
     prompt = [int(x) for x in rng.integers(3, m.n_vocab, n_prompt)]  # past the specials, like random text
     pp_wall, pp_dev, tg_wall, tg_dev = [], [], [], []
+    m.is_eog = lambda _tok: False  # type: ignore[method-assign] # as llama-bench, generate all n_gen tokens
     for rep in range(reps + 1):  # rep 0 warms up (and records the CUDA graphs of each KV length)
-        m.reset()
+        # greedy generation as `ggc run` does it (Model.stream: the host a step ahead of the GPU):
+        # the first token ends the prompt's step, the next n_gen are decode steps
         t = time.perf_counter()
-        tok = m.eval_greedy(prompt)
-        wall, dev = time.perf_counter() - t, m.program.last_run_ms() / 1e3
-        step_wall, step_dev = [], []
-        for _ in range(n_gen):
-            t = time.perf_counter()
-            tok = m.eval_greedy([tok])
-            step_wall.append(time.perf_counter() - t)
-            step_dev.append(m.program.last_run_ms() / 1e3)
+        stamps, dev = [], []
+        for _ in m.stream(prompt, n=n_gen + 1):
+            stamps.append(time.perf_counter())
+            dev.append(m.program.last_run_ms() / 1e3)
         if rep:
-            pp_wall.append(wall)
-            pp_dev.append(dev)
-            tg_wall.append(sum(step_wall))
-            tg_dev.append(sum(step_dev))
+            pp_wall.append(stamps[0] - t)
+            pp_dev.append(dev[0])
+            tg_wall.append(stamps[-1] - stamps[0])
+            tg_dev.append(sum(dev[1:]))
     plan = m.program.plan
     m.reset()
     host = _host_breakdown(m, m.eval_greedy(prompt))

@@ -85,6 +85,34 @@ def test_python_api_generate_and_eval() -> None:
         assert a == b
 
 
+@pytest.mark.parametrize("target", ["c", "cuda"])
+def test_greedy_stream_runs_a_step_ahead(target: str) -> None:
+    """The greedy stream queues step k + 1 (its token fed on the device) before reading step k's: the
+    tokens are those of one step at a time, an abandoned stream leaves nothing behind, and a stop at
+    end-of-generation or n leaves n_past at the tokens really appended."""
+    if target == "cuda" and _no_cuda():
+        pytest.skip(_no_cuda())
+    with ggc.Model(tiny_model("llama", "q8_0"), target=target, ctx=256, batch=8, progress=None) as m:
+        prompt = m.tokenize(PROMPT)  # chunks of 8, then single tokens
+        piped = list(m.stream(prompt, n=12))
+        assert m.n_past == len(prompt) + len(piped) - 1 and m._pending == 0
+        m.reset()
+        steps = [m.eval_greedy(prompt)]
+        while len(steps) < len(piped):
+            steps.append(m.eval_greedy([steps[-1]]))
+        assert piped == steps
+        # read 3 of 12 and drop the rest: the next stream starts clean
+        it = m.stream(prompt, n=12)
+        assert [next(it) for _ in range(3)] == piped[:3]
+        assert m._pending == 1
+        assert list(m.stream(prompt, n=12)) == piped
+        # end-of-generation after the first token: the step queued ahead is dropped
+        eog = piped[0]
+        m.is_eog = lambda t: t == eog  # type: ignore[method-assign]
+        assert list(m.stream(prompt, n=12)) == [eog]
+        assert m.n_past == len(prompt) and m._pending == 0
+
+
 def _bad_arch(tmp_path: Path) -> Path:
     """A real GGUF whose architecture llama.cpp does not know."""
     raw = tiny_model("llama", "f16").read_bytes()

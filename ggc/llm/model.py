@@ -108,11 +108,15 @@ class Model:
         self.fillers = [InputFiller(g, swa) for g in self.graphs]
         self._input_blocks: dict[int, InputBlock] = {}
         self._logits = [next(t for t in g.outputs() if t.name == "result_output") for g in self.graphs]
+        # the decode graph's token input: pipelined greedy decoding feeds it on the device
+        self._token_input = next((t for t in self.graphs[1].leafs if t.name == "inp_tokens"
+                                  and t.type.name == "i32" and t.nelements == 1), None)
         self.program, cached = self._build()
         self.program.load_weights(self.path)
         if threads:
             self.program.set_threads(threads)
         self.n_past = 0
+        self._pending = 0  # greedy steps queued and not collected (_stream_greedy)
         self.stats = Stats(target=target, start_s=time.perf_counter() - t0, cached=cached)
 
     # ---- set-up
@@ -220,17 +224,28 @@ class Model:
 
     # ---- evaluation
     def reset(self) -> None:
+        while self._pending:  # greedy steps queued ahead by a stream that was not read to its end
+            self._collect()
         self.program.reset_state()
         self.n_past = 0
 
-    def _run(self, gi: int, tokens: list[int], greedy: bool = False) -> int | None:
-        """One step of graph gi over tokens (its logits stay in the arena); greedy: also the argmax
-        of the logits, taken in the same call."""
+    def _collect(self) -> int:
+        """The token of the oldest queued greedy step."""
+        self._pending -= 1
+        return self.program.argmax_result()
+
+    def _prepare(self, gi: int, tokens: list[int]) -> None:
+        """Write graph gi's inputs for tokens at the current position (queued in order on the GPU)."""
         block = self.input_block(gi)
         self.fillers[gi].fill(block.arrays, tokens, self.n_past)
         block.write()
         # attention reads only the cells in use (the program rounds n_kv up as llama.cpp pads it)
         self.program.set_n_kv(self.n_past + len(tokens))
+
+    def _run(self, gi: int, tokens: list[int], greedy: bool = False) -> int | None:
+        """One step of graph gi over tokens (its logits stay in the arena); greedy: also the argmax
+        of the logits, taken in the same call."""
+        self._prepare(gi, tokens)
         tok = None
         if greedy:
             tok = self.program.argmax(self._logits[gi], graph=gi, run=True)
@@ -264,13 +279,52 @@ class Model:
             raise GgcError("eval needs at least one token")
         if self.n_past + len(tokens) > self.ctx:
             raise GgcError(f"{self.n_past + len(tokens)} tokens do not fit the context of {self.ctx}")
-        n_chunks = (len(tokens) // self.batch) if self.batch > 1 else 0
-        steps = [(0, tokens[i * self.batch : (i + 1) * self.batch]) for i in range(n_chunks)]
-        steps += [(1, [tok]) for tok in tokens[n_chunks * self.batch :]]
+        steps = self._steps(tokens)
         tok = None
         for k, (gi, toks) in enumerate(steps):
             tok = self._run(gi, toks, greedy and k == len(steps) - 1)
         return steps[-1][0], tok
+
+    def _steps(self, tokens: list[int]) -> list[tuple[int, list[int]]]:
+        """(graph, tokens) of each step that appends tokens: prefill chunks of B, then single tokens."""
+        if not tokens:
+            raise GgcError("eval needs at least one token")
+        if self.n_past + len(tokens) > self.ctx:
+            raise GgcError(f"{self.n_past + len(tokens)} tokens do not fit the context of {self.ctx}")
+        n_chunks = (len(tokens) // self.batch) if self.batch > 1 else 0
+        steps = [(0, tokens[i * self.batch : (i + 1) * self.batch]) for i in range(n_chunks)]
+        return steps + [(1, [tok]) for tok in tokens[n_chunks * self.batch :]]
+
+    def _queue(self, gi: int, tokens: list[int], feed: bool) -> None:
+        """Queue a greedy step (argmax_result collects its token); feed: its one token is the one the
+        step queued before it picks, passed on the device."""
+        self._prepare(gi, tokens)
+        self.program.queue_argmax(self._logits[gi], graph=gi, feed=self._token_input if feed else None)
+        self._pending += 1
+        self.n_past += len(tokens)
+
+    def _stream_greedy(self, toks: list[int], n: int) -> Iterator[int]:
+        """Greedy tokens with the host one step ahead of the GPU: step k + 1 is queued, its token fed
+        from step k's argmax on the device, before step k's token is read back, so the host's work
+        (inputs, launch, Python) overlaps the GPU's instead of adding to it. A step queued past the
+        end (end-of-generation, n reached) is collected and dropped: it only wrote a KV cell past
+        n_past, which nothing reads."""
+        steps = self._steps(toks)
+        for gi, part in steps[:-1]:
+            self._run(gi, part)
+        self._queue(*steps[-1], feed=False)
+        for i in range(n):
+            ahead = i + 1 < n and self.n_past < self.ctx
+            if ahead:
+                self._queue(1, [0], feed=True)
+            tok = self._collect()
+            stop = self.is_eog(tok)
+            if stop and ahead:
+                self._collect()
+                self.n_past -= 1
+            yield tok
+            if stop or not ahead:
+                return
 
     def stream(self, prompt: str | list[int], n: int = 64, sampler: Sampler | None = None) -> Iterator[int]:
         """Yield generated tokens one by one (stops at an end-of-generation token)."""
@@ -281,23 +335,36 @@ class Model:
         self.reset()
         st = self.stats
         t0 = time.perf_counter()
-        greedy = sampler.temperature <= 0.0  # then only the argmax comes back from the program
+        # greedy: only the argmax comes back from the program, and the host runs a step ahead
+        if sampler.temperature <= 0.0 and self._token_input is not None:
+            tokens = self._stream_greedy(toks, n)
+        else:
+            tokens = self._stream_sampled(toks, n, sampler)
+        st.gen_tokens, st.gen_s = 0, 0.0
+        t1 = None
+        for tok in tokens:
+            if t1 is None:  # the first token came from the prompt's last step
+                st.prompt_tokens, st.prompt_s = len(toks), time.perf_counter() - t0
+                t1 = time.perf_counter()
+            st.gen_tokens += 1
+            st.gen_s = time.perf_counter() - t1
+            yield tok
+        if t1 is not None:
+            st.gen_s = time.perf_counter() - t1
+
+    def _stream_sampled(self, toks: list[int], n: int, sampler: Sampler) -> Iterator[int]:
+        """Tokens one step at a time: each step's logits (or argmax) back before the next starts."""
+        greedy = sampler.temperature <= 0.0
 
         def step(tokens: list[int]) -> int:
             return self.eval_greedy(tokens) if greedy else sampler(self.eval(tokens))
 
         tok = step(toks)
-        st.prompt_tokens, st.prompt_s = len(toks), time.perf_counter() - t0
-        st.gen_tokens, st.gen_s = 0, 0.0
-        t1 = time.perf_counter()
-        for _ in range(n):
-            st.gen_tokens += 1
-            st.gen_s = time.perf_counter() - t1
+        for i in range(n):
             yield tok
-            if self.is_eog(tok) or self.n_past >= self.ctx:
-                break
+            if self.is_eog(tok) or self.n_past >= self.ctx or i + 1 == n:
+                return
             tok = step([tok])
-        st.gen_s = time.perf_counter() - t1
 
     def generate(self, prompt: str | list[int], n: int = 64, sampler: Sampler | None = None,
                  on_token: Callable[[int], None] | None = None) -> Generation:

@@ -55,6 +55,8 @@ class CProgram:
         L.ggc_model_read.argtypes = [C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t]
         L.ggc_model_argmax.argtypes = [C.c_void_p, C.c_size_t, C.c_int64, C.POINTER(C.c_int64)]
         L.ggc_model_run_graph_argmax.argtypes = [C.c_void_p, C.c_int, C.c_size_t, C.c_int64, C.POINTER(C.c_int64)]
+        L.ggc_model_queue_graph_argmax.argtypes = [C.c_void_p, C.c_int, C.c_size_t, C.c_int64, C.c_size_t]
+        L.ggc_model_argmax_result.argtypes = [C.c_void_p, C.POINTER(C.c_int64)]
         L.ggc_model_error.restype = C.c_char_p
         L.ggc_model_error.argtypes = [C.c_void_p]
         L.ggc_last_error.restype = C.c_char_p
@@ -149,6 +151,24 @@ class CProgram:
             self._check(self.lib.ggc_model_run_graph_argmax(self.m, graph, off, t.nelements, C.byref(out)))
         else:
             self._check(self.lib.ggc_model_argmax(self.m, off, t.nelements, C.byref(out)))
+        return out.value
+
+    def queue_argmax(self, t: Tensor, graph: int = 0, feed: Tensor | None = None) -> None:
+        """Queue a run of the graph and the argmax of t without waiting (argmax_result collects it, in
+        order). feed: the graph's i32 token input, which takes the argmax queued before this one on the
+        device, so that greedy decoding queues step k + 1 while step k runs."""
+        if t.type.name != "f32" or not t.is_contiguous():
+            raise GgcError(f"{t.label()}: argmax of a {t.type.name} tensor (f32, contiguous only)")
+        if feed is not None and (feed.type.name != "i32" or feed.nelements != 1):
+            raise GgcError(f"{feed.label()}: the fed token input must be one i32")
+        p = self.plans[graph]
+        where = p.offset_of(feed) if feed is not None else C.c_size_t(-1).value
+        self._check(self.lib.ggc_model_queue_graph_argmax(self.m, graph, p.offset_of(t), t.nelements, where))
+
+    def argmax_result(self) -> int:
+        """The index of the oldest queued argmax (waits for its run)."""
+        out = C.c_int64()
+        self._check(self.lib.ggc_model_argmax_result(self.m, C.byref(out)))
         return out.value
 
     def set_n_kv(self, n_kv: int) -> None:

@@ -16,6 +16,9 @@ struct ggc_model {
     ggc_work work;
     size_t work_per_thread; /* kernels' ggc_work_<op> sizes are per thread */
     double last_ms;         /* wall time of the last ggc_model_run_graph */
+    int64_t queued[GGC_MAX_QUEUED], last_index; /* ggc_model_queue_graph_argmax's results, the latest */
+    double queued_ms[GGC_MAX_QUEUED];
+    int q_head, q_count;
 };
 
 static double now_ms(void) {
@@ -153,6 +156,31 @@ int ggc_model_run_graph(ggc_model *m, int g) {
 double ggc_model_last_run_ms(const ggc_model *m) { return m->last_ms; }
 int ggc_model_run_graph_argmax(ggc_model *m, int g, size_t offset, int64_t n, int64_t *index) {
     return ggc_model_run_graph(m, g) != 0 ? -1 : ggc_model_argmax(m, offset, n, index);
+}
+
+/* the C target runs at once: the queue only keeps the results in order */
+int ggc_model_queue_graph_argmax(ggc_model *m, int g, size_t offset, int64_t n, size_t feed_offset) {
+    if (m->q_count == GGC_MAX_QUEUED) return -1;
+    if (feed_offset != SIZE_MAX) {
+        if (feed_offset > GGC_ARENA_SIZE - sizeof(int32_t)) return -1;
+        const int32_t tok = (int32_t)m->last_index;
+        memcpy(m->arena + feed_offset, &tok, sizeof tok);
+    }
+    int64_t index = 0;
+    if (ggc_model_run_graph_argmax(m, g, offset, n, &index) != 0) return -1;
+    const int slot = (m->q_head + m->q_count++) % GGC_MAX_QUEUED;
+    m->queued[slot] = m->last_index = index;
+    m->queued_ms[slot] = m->last_ms;
+    return 0;
+}
+
+int ggc_model_argmax_result(ggc_model *m, int64_t *index) {
+    if (m->q_count == 0) return -1;
+    *index = m->queued[m->q_head];
+    m->last_ms = m->queued_ms[m->q_head];
+    m->q_head = (m->q_head + 1) % GGC_MAX_QUEUED;
+    m->q_count--;
+    return 0;
 }
 
 int ggc_model_profile_graph(ggc_model *m, int g, float *ms) {

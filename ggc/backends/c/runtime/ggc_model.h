@@ -71,6 +71,14 @@ int ggc_model_run(ggc_model *m);
 int ggc_model_run_graph(ggc_model *m, int graph);
 /* ggc_model_run_graph, then ggc_model_argmax, with one wait for the device instead of two. */
 int ggc_model_run_graph_argmax(ggc_model *m, int graph, size_t offset, int64_t n, int64_t *index);
+/* Pipelined greedy decoding: queue a run of the graph and the argmax of its n f32 logits at offset,
+ * without waiting for either. feed_offset, unless it is SIZE_MAX: before the run, the arena's i32
+ * there (the token input) takes the index of the argmax queued last, on the device, so the next
+ * step can be queued before the host knows the token. Up to GGC_MAX_QUEUED runs may be queued;
+ * ggc_model_argmax_result waits for the oldest one and gives its index (and its last_run_ms). */
+#define GGC_MAX_QUEUED 4
+int ggc_model_queue_graph_argmax(ggc_model *m, int graph, size_t offset, int64_t n, size_t feed_offset);
+int ggc_model_argmax_result(ggc_model *m, int64_t *index);
 /* How long the last ggc_model_run_graph took on the device, in ms (CUDA events around the
  * replay on the CUDA target; wall time on the C target). */
 double ggc_model_last_run_ms(const ggc_model *m);

@@ -59,6 +59,10 @@ struct ggc_model {
     cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // around the last graph replay
     float last_ms = 0.0f;
     int64_t *argmax_out = nullptr;  // device: ggc_model_argmax's result and per-block pairs
+    // ggc_model_queue_graph_argmax: a ring of queued runs, each with its pinned result and events
+    int64_t *q_index = nullptr;  // pinned, GGC_MAX_QUEUED
+    cudaEvent_t q_start[GGC_MAX_QUEUED] = {}, q_stop[GGC_MAX_QUEUED] = {}, q_done[GGC_MAX_QUEUED] = {};
+    int q_head = 0, q_count = 0;
     char *stage = nullptr;  // pinned host memory
     size_t stage_size = 0, stage_used = 0;  // bytes queued since the stream last went idle
     char error[512] = "";
@@ -155,6 +159,11 @@ ggc_model *ggc_model_create(void) {
     // the result, then the per-block pairs of ggc_model_argmax
     if (cudaMalloc(&m->argmax_out, sizeof(int64_t) + kArgmaxBlocks * sizeof(ArgmaxPair)) != cudaSuccess) goto fail;
     if (cudaEventCreate(&m->ev_start) != cudaSuccess || cudaEventCreate(&m->ev_stop) != cudaSuccess) goto fail;
+    if (cudaMallocHost(&m->q_index, GGC_MAX_QUEUED * sizeof(int64_t)) != cudaSuccess) goto fail;
+    for (int i = 0; i < GGC_MAX_QUEUED; i++)
+        if (cudaEventCreate(&m->q_start[i]) != cudaSuccess || cudaEventCreate(&m->q_stop[i]) != cudaSuccess ||
+            cudaEventCreateWithFlags(&m->q_done[i], cudaEventDisableTiming) != cudaSuccess)
+            goto fail;
     return m;
 fail:
     if (!g_last_error[0]) set_error(g_last_error, "%s", cudaGetErrorString(cudaGetLastError()));
@@ -170,6 +179,12 @@ void ggc_model_free(ggc_model *m) {
     }
     if (m->ev_start) cudaEventDestroy(m->ev_start);
     if (m->ev_stop) cudaEventDestroy(m->ev_stop);
+    for (int i = 0; i < GGC_MAX_QUEUED; i++) {
+        if (m->q_start[i]) cudaEventDestroy(m->q_start[i]);
+        if (m->q_stop[i]) cudaEventDestroy(m->q_stop[i]);
+        if (m->q_done[i]) cudaEventDestroy(m->q_done[i]);
+    }
+    if (m->q_index) cudaFreeHost(m->q_index);
     if (m->ctx.stream) cudaStreamDestroy(m->ctx.stream);
     if (m->stage) cudaFreeHost(m->stage);
     cudaFree(m->argmax_out);
@@ -309,13 +324,15 @@ __global__ void argmax_final(const ArgmaxPair *part, int nparts, int64_t *out) {
 static int queue_argmax(ggc_model *m, size_t offset, int64_t n, char **out) {
     if (n <= 0 || offset % sizeof(float) || offset > GGC_ARENA_SIZE || (size_t)n > (GGC_ARENA_SIZE - offset) / 4)
         return set_error(m->error, "argmax out of the arena");
-    char *p = stage(m, sizeof(int64_t));
-    if (!p) return set_error(m->error, "out of pinned host memory");
+    char *p = out ? stage(m, sizeof(int64_t)) : nullptr;
+    if (out && !p) return set_error(m->error, "out of pinned host memory");
     ArgmaxPair *part = reinterpret_cast<ArgmaxPair *>(m->argmax_out + 1);
     ggc_launch(argmax_slices, kArgmaxBlocks, kArgmaxThreads, 0, m->ctx.stream, (const float *)at(m, offset), n, part);
     ggc_launch(argmax_final, 1, kArgmaxThreads, 0, m->ctx.stream, part, kArgmaxBlocks, m->argmax_out);
-    CUDA_OR_FAIL(m, cudaMemcpyAsync(p, m->argmax_out, sizeof(int64_t), cudaMemcpyDeviceToHost, m->ctx.stream));
-    *out = p;
+    if (out) {
+        CUDA_OR_FAIL(m, cudaMemcpyAsync(p, m->argmax_out, sizeof(int64_t), cudaMemcpyDeviceToHost, m->ctx.stream));
+        *out = p;
+    }
     return 0;
 }
 
@@ -370,7 +387,7 @@ static int record(ggc_model *m, int g, cudaGraphExec_t *exec) {
 }
 
 // queue graph g's recorded replay (recorded first for a new n_kv), between the timing events
-static int launch(ggc_model *m, int g) {
+static int launch(ggc_model *m, int g, cudaEvent_t start, cudaEvent_t stop) {
     if (!valid_graph(g)) return set_error(m->error, "no graph %d", g);
     cudaGraphExec_t exec = nullptr;
     for (int i = 0; i < m->n_recorded[g]; i++)
@@ -380,9 +397,9 @@ static int launch(ggc_model *m, int g) {
         if (record(m, g, &exec) != 0) return -1;
         m->recorded[g][m->n_recorded[g]++] = {m->n_kv, exec};
     }
-    CUDA_OR_FAIL(m, cudaEventRecord(m->ev_start, m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaEventRecord(start, m->ctx.stream));
     CUDA_OR_FAIL(m, cudaGraphLaunch(exec, m->ctx.stream));
-    CUDA_OR_FAIL(m, cudaEventRecord(m->ev_stop, m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaEventRecord(stop, m->ctx.stream));
     return 0;
 }
 
@@ -394,13 +411,45 @@ static int finish(ggc_model *m) {
     return 0;
 }
 
-int ggc_model_run_graph(ggc_model *m, int g) { return launch(m, g) != 0 ? -1 : finish(m); }
+int ggc_model_run_graph(ggc_model *m, int g) { return launch(m, g, m->ev_start, m->ev_stop) != 0 ? -1 : finish(m); }
 
 int ggc_model_run_graph_argmax(ggc_model *m, int g, size_t offset, int64_t n, int64_t *index) {
     char *p = nullptr;
-    if (launch(m, g) != 0 || queue_argmax(m, offset, n, &p) != 0) return -1;
+    if (launch(m, g, m->ev_start, m->ev_stop) != 0 || queue_argmax(m, offset, n, &p) != 0) return -1;
     if (finish(m) != 0) return -1;
     memcpy(index, p, sizeof(int64_t));  // p's bytes stand until the next staged copy
+    return 0;
+}
+
+// A queued step: [the last argmax's index into the token input, device to device], the replay, the
+// argmax, its index into the slot's pinned word, an event to wait on. Nothing waits here, so the
+// host fills the next step's inputs while this one runs.
+int ggc_model_queue_graph_argmax(ggc_model *m, int g, size_t offset, int64_t n, size_t feed_offset) {
+    if (m->q_count == GGC_MAX_QUEUED) return set_error(m->error, "%d runs queued already", GGC_MAX_QUEUED);
+    const int slot = (m->q_head + m->q_count) % GGC_MAX_QUEUED;
+    if (feed_offset != SIZE_MAX) {
+        if (feed_offset < GGC_HOST_SIZE || feed_offset > GGC_ARENA_SIZE - sizeof(int32_t))
+            return set_error(m->error, "token input out of the arena");
+        // the index is an int64 in little-endian order: its first 4 bytes are the int32 token
+        CUDA_OR_FAIL(m, cudaMemcpyAsync(at(m, feed_offset), m->argmax_out, sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                        m->ctx.stream));
+    }
+    if (launch(m, g, m->q_start[slot], m->q_stop[slot]) != 0 || queue_argmax(m, offset, n, nullptr) != 0) return -1;
+    CUDA_OR_FAIL(m, cudaMemcpyAsync(&m->q_index[slot], m->argmax_out, sizeof(int64_t), cudaMemcpyDeviceToHost,
+                                    m->ctx.stream));
+    CUDA_OR_FAIL(m, cudaEventRecord(m->q_done[slot], m->ctx.stream));
+    m->q_count++;
+    return 0;
+}
+
+int ggc_model_argmax_result(ggc_model *m, int64_t *index) {
+    if (m->q_count == 0) return set_error(m->error, "no queued run");
+    const int slot = m->q_head;
+    CUDA_OR_FAIL(m, cudaEventSynchronize(m->q_done[slot]));
+    *index = m->q_index[slot];
+    CUDA_OR_FAIL(m, cudaEventElapsedTime(&m->last_ms, m->q_start[slot], m->q_stop[slot]));
+    m->q_head = (m->q_head + 1) % GGC_MAX_QUEUED;
+    m->q_count--;
     return 0;
 }
 
