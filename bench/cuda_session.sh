@@ -13,7 +13,7 @@ ROOT=$PWD
 ggc() { python3 -m ggc "$@"; }
 run() { echo "\$ $*"; "$@" 2>&1; echo; }
 cd /tmp/session
-cp "$(python3 -c "from ggc.models.quantize import tiny_model; print(tiny_model('llama', 'q4_0'))")" model.gguf
+cp "$(python3 -c "from ggc.models.quantize import tiny_model; print(tiny_model('llama', 'f16'))")" model.gguf
 {
   run nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   run ggc export model.gguf --tokens 1 -o decode.ggraph

@@ -88,9 +88,11 @@ def report(d: Path, commit: str) -> str:
     hosts = [(name, g["decode_host_us"]) for name, g, _ in summary if g.get("decode_host_us")]
     if hosts:
         keys = list(hosts[0][1])
-        out += ["", "ggc decode step phase by phase (median µs; `run` is the call that replays the graph and takes "
-                "the greedy pick on the GPU, its index read back; `device` the CUDA events around the replay; "
-                "`read`, reading all logits back instead, is not part of the step):", "",
+        out += ["", "ggc decode step phase by phase, one step at a time (median µs; `run` is the call that replays "
+                "the graph and takes the greedy pick on the GPU, its index read back; `device` the CUDA events "
+                "around the replay; `read`, reading all logits back instead, is not part of the step). In the "
+                "decode figures above the host runs a step ahead, so fill and write overlap the previous "
+                "step's replay:", "",
                 "| model | " + " | ".join(keys) + " |",
                 "| --- |" + " --- |" * len(keys)]
         out += [f"| {name} | " + " | ".join(f"{h.get(k, 0):.1f}" for k in keys) + " |" for name, h in hosts]
