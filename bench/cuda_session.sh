@@ -11,7 +11,7 @@ export PYTHONPATH=/tmp/site:$PWD GGC_CACHE=/tmp/ggc-cache PYTHONUNBUFFERED=1
 if [ -d .bench/cuda ]; then mkdir -p "$GGC_CACHE/cuda" && cp -n .bench/cuda/*.so "$GGC_CACHE/cuda/" 2>/dev/null; fi
 ROOT=$PWD
 ggc() { python3 -m ggc "$@"; }
-run() { echo "\$ $*"; "$@" 2>&1; echo; }
+run() { local s='$' a; for a in "$@"; do case $a in *" "*) s="$s \"$a\"" ;; *) s="$s $a" ;; esac; done; echo "$s"; "$@" 2>&1; echo; }
 cd /tmp/session
 cp "$(python3 -c "from ggc.models.quantize import tiny_model; print(tiny_model('llama', 'f16'))")" model.gguf
 {
