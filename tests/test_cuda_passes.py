@@ -5,6 +5,7 @@ for aligned loads, and the C loader's regrouping itself."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -180,15 +181,20 @@ def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
 
     g = llama_q4_0
     groups = make_groups(g, live_nodes(g), CUDA_FUSION)
-    sib = [grp for grp in groups if len(grp.nodes) > 1 and all(t.op == "MUL_MAT" for t in grp.nodes)]
+    sib = [grp for grp in groups if len(grp.nodes) > 1 and grp.nodes[0].op == "MUL_MAT"
+           and all(t.op == "MUL_MAT" for t in grp.nodes[1:-1]) and grp.nodes[-1].op in ("MUL_MAT", "SET_ROWS")]
     n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
     assert len(sib) == n_layers
     for grp in sib:
-        assert sorted(t.name.split("-")[0] for t in grp.nodes) == ["Kcur", "Qcur", "Vcur"]
-        assert grp.outputs == grp.nodes  # every product is read outside: nothing hides
+        *products, store = grp.nodes
+        # V's SET_ROWS joins the launch: V goes straight into its cache rows and never to memory alone
+        assert [t.name.split("-")[0] for t in products] == ["Qcur", "Vcur", "Kcur"]
+        assert store.op == "SET_ROWS" and store.name.startswith("cache_v_l")
+        v = products[1]
+        assert grp.outputs == [products[0], products[2], store]
         call = _library_call(grp)
-        assert call is not None and call.dst is grp.nodes[0]
-        assert call.srcs[4:] == [grp.nodes[1].src[0], grp.nodes[1], grp.nodes[2].src[0], grp.nodes[2]]
+        assert call is not None and call.dst is products[0]
+        assert call.srcs[4:] == [v.src[0], store, products[2].src[0], products[2], None, store.src[1]]
     # the later products moved up to the first, ahead of Q's ROPE; every reader still follows its writer
     order = {t.id: grp.id for grp in groups for t in grp.nodes}
     for grp in groups:
@@ -200,8 +206,12 @@ def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
 
     with LlamaSession(tiny_model("llama", "q4_0"), SessionOptions(n_ctx=256, n_batch=8)) as s:
         pre = s.capture(8, 1)[0]
-    assert not any(len(grp.nodes) > 1 and all(t.op == "MUL_MAT" for t in grp.nodes)
+    assert not any(len(grp.nodes) > 1 and all(t.op == "MUL_MAT" for t in grp.nodes[:2]) and grp.nodes[-1].op != "GLU"
                    for grp in make_groups(pre, live_nodes(pre), CUDA_FUSION))
+    # without sibling stores the launch is the three products and V's SET_ROWS stays a group of its own
+    plain = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, sibling_stores=False))
+    assert sum(1 for grp in plain if [t.op for t in grp.nodes] == ["MUL_MAT"] * 3) == n_layers
+    assert sum(1 for grp in plain if [t.op for t in grp.nodes] == ["SET_ROWS"]) == n_layers
 
 
 def test_rope_stores_k_into_its_cache_rows(llama_q4_0: Graph) -> None:

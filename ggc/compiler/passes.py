@@ -44,7 +44,9 @@ class Fusion:
     row-wise `heads` that may start such a chain, ops whose kernel takes a residual ADD as an
     `epilogue`, two-source GLU ops (params "op") computed from the two products before them, and
     products that run together with their `siblings` (other products of the same input), and ops
-    whose kernel `stores` its rows into the cache rows of the SET_ROWS that alone reads them."""
+    whose kernel `stores` its rows into the cache rows of the SET_ROWS that alone reads them;
+    `sibling_stores`: one product of a sibling launch (not the first) may store its result that way
+    too (V into its cache)."""
 
     elementwise: frozenset[str] = ELEMENTWISE
     heads: frozenset[str] = frozenset()
@@ -52,6 +54,7 @@ class Fusion:
     glu_pairs: frozenset[str] = frozenset()
     siblings: frozenset[str] = frozenset()
     stores: frozenset[str] = frozenset()
+    sibling_stores: bool = False
 
 
 ELEMENTWISE_FUSION = Fusion()  # elementwise chains only: the default
@@ -140,6 +143,11 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
             current = Group(len(groups), [t] + [seq[j] for j in sib])
             groups.append(current)
             taken |= set(sib)
+            if fusion.sibling_stores:
+                store = _sibling_store(seq, i, current.nodes, taken | paired, users, outputs)
+                if store is not None:
+                    current.nodes.append(seq[store])
+                    taken.add(store)
             continue
         prev = current.nodes[-1] if current is not None else None
         if (prev is not None and prev.op in epilogues and len(current.nodes) == 1 and t.op == "ADD"
@@ -147,7 +155,7 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
             current.nodes.append(t)
             continue
         if (prev is not None and prev.op in fusion.stores and len(current.nodes) == 1 and t.op == "SET_ROWS"
-                and _row_store_ok(prev, t, users, outputs)):
+                and _row_store_ok(prev, t, users, outputs) and t.ne[0] == prev.ne[0] * prev.ne[1]):
             current.nodes.append(t)
             continue
         chain = prev is not None and (prev.op in fuse or (prev.op in heads and len(current.nodes) == 1))
@@ -184,6 +192,19 @@ def _siblings(seq: list[Tensor], i: int, excluded: set[int], ops: frozenset[str]
     return out
 
 
+def _sibling_store(seq: list[Tensor], i: int, products: list[Tensor], excluded: set[int],
+                   users: dict[int, list[Tensor]], outputs: set[int]) -> int | None:
+    """The seq index of a SET_ROWS that stores one of a sibling launch's products (not the first, whose
+    result is the launch's own) straight into its cache rows; it moves up into the launch, as it reads
+    nothing but that product, its indices and the cache (f16 or bf16). At most one a launch."""
+    for b in products[1:]:
+        for j in range(i + 1, len(seq)):
+            if (j not in excluded and seq[j].op == "SET_ROWS" and seq[j].type.name in ("f16", "bf16")
+                    and _row_store_ok(b, seq[j], users, outputs)):
+                return j
+    return None
+
+
 def _sibling_ok(t: Tensor) -> bool:
     if t.op != "MUL_MAT" or len(t.src) < 2 or t.src[0] is None or t.src[1] is None:
         return False
@@ -200,19 +221,23 @@ def _one_column_weight_ok(w: Tensor) -> bool:
 
 def _row_store_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
     """t = SET_ROWS(cache, rows of prev, idx) where prev (f32, contiguous, one sequence) is read by t
-    alone, directly or through one reshape to [ne0 * ne1, tokens]; a float cache with a row per token
-    of all of prev's heads, one index per token."""
+    alone, directly or through reshapes and views of all of it, as rows [ne0 * ne1, tokens] (K's
+    heads after ROPE, [head, heads, tokens]; V's product, [rows, tokens]); a float cache with a row
+    per token, one index per token."""
     rows, idx = t.src[0], t.src[1] if len(t.src) > 1 else None
     if rows is None or idx is None or prev.id in outputs or t.type.name not in ("f32", "f16", "bf16"):
         return False
-    if rows is not prev:
-        if (rows.view_src is not prev or rows.op not in ("RESHAPE", "VIEW") or not rows.is_contiguous()
-                or rows.view_offs != 0 or rows.id in outputs or [u.id for u in users[rows.id]] != [t.id]):
+    reader, x = t, rows
+    while x is not prev:  # each view in between: of all of its source, read by the next alone
+        if (x.op not in ("RESHAPE", "VIEW") or x.view_src is not prev or not x.is_contiguous() or x.view_offs != 0
+                or x.id in outputs or [u.id for u in users[x.id]] != [reader.id] or not x.src or x.src[0] is None):
             return False
-    n0, n1, n_tok, n3 = prev.ne
-    return ([u.id for u in users[prev.id]] == [rows.id] and prev.type.name == "f32" and prev.is_contiguous()
-            and prev.view_src is None and n3 == 1 and rows.ne == (n0 * n1, n_tok, 1, 1) and t.ne[0] == n0 * n1
-            and idx.type.name in ("i32", "i64") and idx.ne == (n_tok, 1, 1, 1) and idx.is_contiguous())
+        reader, x = x, x.src[0]
+    row, n_tok = rows.ne[0], rows.ne[1]
+    return ([u.id for u in users[prev.id]] == [reader.id] and prev.type.name == "f32" and prev.is_contiguous()
+            and prev.view_src is None and prev.ne[3] == 1 and rows.ne[2:] == (1, 1)
+            and row * n_tok == prev.nelements and t.ne[0] == row and idx.type.name in ("i32", "i64")
+            and idx.ne == (n_tok, 1, 1, 1) and idx.is_contiguous())
 
 
 def _readers(t: Tensor, users: dict[int, list[Tensor]], graph: Graph) -> list[Tensor]:

@@ -26,6 +26,7 @@ from ...compiler.passes import (
     SIBLING_PRODUCTS,
     Fusion,
     Group,
+    root,
 )
 from ...errors import GgcError
 from ...ir.graph import Graph, Tensor
@@ -53,9 +54,10 @@ DEFAULT_ARCHS = ("80", "86", "89", "90")
 # kernel (_row_group_cuda; RMS_NORM only until NORM's generated path, mean then variance, has run on a
 # GPU against ggml: no tiny model has a NORM); products storing through a residual ADD, gate/up
 # products with their SWIGLU, and the matrix-vector products of one input (Q, K, V), each as one call
-# of the matrix-product kernel; ROPE storing K straight into its cache rows, as one ROPE call (_library_call)
+# of the matrix-product kernel, one of which may store V straight into its cache rows; ROPE storing K
+# straight into its cache rows, as one ROPE call (_library_call)
 CUDA_FUSION = Fusion(elementwise=FUSABLE, heads=ROW_HEADS & frozenset({"RMS_NORM"}), epilogues=ADD_EPILOGUES,
-                     glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS, stores=ROW_STORES)
+                     glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS, stores=ROW_STORES, sibling_stores=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,17 +171,24 @@ def _library_call(grp: Group) -> Call | None:
     - two matrix-vector products then the SWIGLU of them: the second weight is src[3], the kernel
       reads the shared input once and stores silu(first) * second;
     - matrix-vector products of one input: the others' weights and results are src[4], src[5] and
-      src[6], src[7]; one launch covers the rows of all."""
+      src[6], src[7]; one launch covers the rows of all. A product whose SET_ROWS joined the group
+      has that SET_ROWS (the cache rows) as its result, and the indices are src[9]."""
     if grp.nodes[0].op in CUDA_FUSION.stores:
         rope, store = grp.nodes
         return Call(rope, store, [rope.src[0], rope.src[1], rope.src[2] if len(rope.src) > 2 else None,
                                   store.src[1]])
     if grp.nodes[0].op not in CUDA_FUSION.epilogues | CUDA_FUSION.siblings:
         return None
-    if all(t.op == "MUL_MAT" for t in grp.nodes):
-        first, *rest = grp.nodes
-        return Call(first, first, [first.src[0], first.src[1], None, None]
-                    + [x for t in rest for x in (t.src[0], t)])
+    if all(t.op == "MUL_MAT" for t in grp.nodes[:-1]) and grp.nodes[-1].op in ("MUL_MAT", "SET_ROWS"):
+        products = [t for t in grp.nodes if t.op == "MUL_MAT"]
+        store = grp.nodes[-1] if grp.nodes[-1].op == "SET_ROWS" else None
+        stored = root(store.src[0]) if store is not None else None  # the product it stores
+        first, *rest = products
+        srcs = [first.src[0], first.src[1], None, None] + [x for t in rest for x in (t.src[0], store if t is stored
+                                                                                   else t)]
+        if store is not None:
+            srcs += [None] * (9 - len(srcs)) + [store.src[1]]
+        return Call(first, first, srcs)
     if len(grp.nodes) == 3:
         a, b, glu = grp.nodes
         return Call(a, glu, [a.src[0], a.src[1], None, b.src[0]])

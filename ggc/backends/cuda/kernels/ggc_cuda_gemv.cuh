@@ -107,8 +107,9 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const gg
     const uint8_t *wmat = nullptr;
     uint8_t *dst = a.dst;
     int64_t arow, doff;
+    int cache;
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return; /* the same for the whole block */
-    ggc_mm_segment(a, ROWS, wmat, dst, N, n0);              /* sibling products: this block's one */
+    ggc_mm_segment(a, ROWS, wmat, dst, N, n0, cache);       /* sibling products: this block's one */
     const uint8_t *wr[WR];
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
@@ -148,6 +149,6 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const gg
             if (SWIGLU) u += red[ROWS + tid][w];
         }
         if (SWIGLU) v = v / (1.0f + expf(-v)) * u;
-        ggc_mm_store_to(a, dst, doff + (n0 + tid) * a.nbd0, v);
+        ggc_mm_store_row(a, dst, cache, doff, n0 + tid, v);
     }
 }

@@ -74,6 +74,12 @@ struct ggc_mm_args {
     int64_t seg_block[4], seg_rows[3];
     const uint8_t *seg_w[3];
     uint8_t *seg_dst[3];
+    /* segment seg_store (when nseg > 1 and it is >= 1) stores into cache rows (a fused SET_ROWS): its
+     * one column goes to row *store_idx (i64 when store_i64, else i32) of seg_dst, rows store_nb1 bytes
+     * apart, as store_type (f16, bf16 or f32) */
+    int seg_store, store_i64, store_type;
+    const void *store_idx;
+    int64_t store_nb1;
     /* mmq split-K */
     int split;        /* K slices (1: none) */
     float *partial;   /* [split][partial_rows][N] sums, or null: write dst */
@@ -90,9 +96,11 @@ static __device__ __forceinline__ void ggc_mm_store(const ggc_mm_args &a, int64_
 }
 
 /* The one-column kernels' block of sibling products (a.nseg > 1): its segment's weights, dst and
- * rows, and its first row there. Unchanged for a single product. */
+ * rows, and its first row there; cache: -1, or the cache type when the segment stores into a cache
+ * row (dst is then that row). Unchanged for a single product. */
 static __device__ __forceinline__ void ggc_mm_segment(const ggc_mm_args &a, int rows_per_block, const uint8_t *&wmat,
-                                                      uint8_t *&dst, int64_t &N, int64_t &n0) {
+                                                      uint8_t *&dst, int64_t &N, int64_t &n0, int &cache) {
+    cache = -1;
     if (a.nseg < 2) return;
     int s = 0;
     while (s + 1 < a.nseg && (int64_t)blockIdx.x >= a.seg_block[s + 1]) s++;
@@ -100,6 +108,19 @@ static __device__ __forceinline__ void ggc_mm_segment(const ggc_mm_args &a, int 
     dst = a.seg_dst[s];
     N = a.seg_rows[s];
     n0 = ((int64_t)blockIdx.x - a.seg_block[s]) * rows_per_block;
+    if (s == a.seg_store) {
+        const int64_t row = a.store_i64 ? *(const int64_t *)a.store_idx : *(const int32_t *)a.store_idx;
+        dst += row * a.store_nb1;
+        cache = a.store_type;
+    }
+}
+
+/* result row i of a one-column product: to dst at doff (f32, through the residual ADD), or into the
+ * cache row of a storing segment (cache >= 0), converted as SET_ROWS converts */
+static __device__ __forceinline__ void ggc_mm_store_row(const ggc_mm_args &a, uint8_t *dst, int cache, int64_t doff,
+                                                        int64_t i, float v) {
+    if (cache < 0) ggc_mm_store_to(a, dst, doff + i * a.nbd0, v);
+    else ggc_store_f(dst + i * ggc_cuda_tsize((ggc_type)cache), (ggc_type)cache, v);
 }
 
 /* The weight matrix and the src1 rows (converted-row index, dst byte offset) of matrix-vector
@@ -520,8 +541,9 @@ static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(con
     const uint8_t *wmat = nullptr;
     uint8_t *dst = a.dst;
     int64_t arow, doff;
+    int cache;
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return;
-    ggc_mm_segment(a, GGC_GEMVF1_WARPS * ROWS, wmat, dst, N, n0);
+    ggc_mm_segment(a, GGC_GEMVF1_WARPS * ROWS, wmat, dst, N, n0, cache);
     n0 += (int64_t)warp * ROWS;
     if (n0 >= N) return; /* a whole warp: no barrier follows */
     const uint8_t *wr[WR];
@@ -564,7 +586,7 @@ static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(con
             if (n0 + r >= N) break;
             float v = acc[r];
             if (SWIGLU) v = v / (1.0f + expf(-v)) * acc[ROWS + r];
-            ggc_mm_store_to(a, dst, doff + (n0 + r) * a.nbd0, v);
+            ggc_mm_store_row(a, dst, cache, doff, n0 + r, v);
         }
     }
 }
@@ -1113,17 +1135,32 @@ void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cud
     const int rows = gemv_rows_per_block(quant, false);
     a.nseg = n->src[6].data ? 3 : 2;
     a.seg_block[0] = 0;
+    a.seg_store = -1;
+    const ggc_tensor *idx = &n->src[9];
     for (int s = 0; s < a.nseg && ok; s++) {
         const ggc_tensor *ws_ = ws[s], *d = ds[s];
         ok = ws_->type == w->type && ws_->ne[0] == w->ne[0] && ws_->nb[1] == w->nb[1] && ws_->ne[2] == 1 &&
-             ws_->ne[3] == 1 && d->type == GGC_TYPE_F32 && d->nb[0] == 4 && d->ne[0] == ws_->ne[1] &&
-             ggc_cuda_nelements(d) == ws_->ne[1] && (quant || aligned16(ws_));
+             ws_->ne[3] == 1 && (quant || aligned16(ws_)) && d->ne[0] == ws_->ne[1];
+        if (s > 0 && d->type != GGC_TYPE_F32 && a.seg_store < 0 && idx->data) {
+            /* a fused SET_ROWS: d is the cache, its row *idx takes this product's column */
+            ok = ok && (d->type == GGC_TYPE_F16 || d->type == GGC_TYPE_BF16) && d->nb[0] == 2 &&
+                 (idx->type == GGC_TYPE_I32 || idx->type == GGC_TYPE_I64) && ggc_cuda_nelements(idx) == 1;
+            a.seg_store = s;
+            a.store_idx = idx->data;
+            a.store_i64 = idx->type == GGC_TYPE_I64;
+            a.store_type = d->type;
+            a.store_nb1 = (int64_t)d->nb[1];
+        } else {
+            ok = ok && d->type == GGC_TYPE_F32 && d->nb[0] == 4 && ggc_cuda_nelements(d) == ws_->ne[1];
+        }
         a.seg_w[s] = (const uint8_t *)ws_->data;
         a.seg_dst[s] = (uint8_t *)d->data;
         a.seg_rows[s] = ws_->ne[1];
         a.seg_block[s + 1] = a.seg_block[s] + ggc_cdiv(ws_->ne[1], rows);
     }
-    if (!ok) GGC_UNSUPPORTED("MUL_MAT with src[4..7] (sibling products): one column, weights of one layout, f32 results");
+    if (!ok)
+        GGC_UNSUPPORTED("MUL_MAT with src[4..7] (sibling products): one column, weights of one layout, f32 results "
+                        "(one may be f16/bf16 cache rows, with src[9] its one index)");
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     const dim3 grid((unsigned)a.seg_block[a.nseg], 1);
     if (quant) ggc_launch(pick_gemv1(w->type, false), grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
