@@ -113,6 +113,24 @@ def test_greedy_stream_runs_a_step_ahead(target: str) -> None:
         assert m.n_past == len(prompt) and m._pending == 0
 
 
+def test_check_names_the_first_difference_and_how_close_it_was(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from ggc.cli import _check
+
+    path = tiny_model("llama", "q8_0")
+    with ggc.Model(path, ctx=256, batch=8, progress=None) as m:
+        prompt = m.tokenize(PROMPT)
+        ours = m.generate(prompt, n=6).tokens
+    a = argparse.Namespace(temp=0.0, ctx=256, batch=8)
+    assert _check(a, path, prompt, ours) == 0
+    wrong = ours[:3] + [(ours[3] + 1) % 500] + ours[4:]
+    assert _check(a, path, prompt, wrong) == 1
+    err = capsys.readouterr().err
+    assert f"check: FAIL at generated token 3: ggc {wrong[3]}, llama.cpp {ours[3]} (llama.cpp's logits: " in err
+    assert "apart)" in err
+
+
 def _bad_arch(tmp_path: Path) -> Path:
     """A real GGUF whose architecture llama.cpp does not know."""
     raw = tiny_model("llama", "f16").read_bytes()
