@@ -111,6 +111,9 @@ def test_greedy_stream_runs_a_step_ahead(target: str) -> None:
         m.is_eog = lambda t: t == eog  # type: ignore[method-assign]
         assert list(m.stream(prompt, n=12)) == [eog]
         assert m.n_past == len(prompt) and m._pending == 0
+        # nothing asked for: the prompt runs and nothing stays queued
+        assert list(m.stream(prompt, n=0)) == []
+        assert m.n_past == len(prompt) and m._pending == 0
 
 
 def test_check_names_the_first_difference_and_how_close_it_was(capsys: pytest.CaptureFixture[str]) -> None:

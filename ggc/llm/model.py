@@ -310,8 +310,10 @@ class Model:
         end (end-of-generation, n reached) is collected and dropped: it only wrote a KV cell past
         n_past, which nothing reads."""
         steps = self._steps(toks)
-        for gi, part in steps[:-1]:
+        for gi, part in steps[:-1] if n > 0 else steps:
             self._run(gi, part)
+        if n <= 0:
+            return
         self._queue(*steps[-1], feed=False)
         for i in range(n):
             ahead = i + 1 < n and self.n_past < self.ctx
