@@ -275,10 +275,6 @@ class Model:
     def _advance(self, tokens: list[int], greedy: bool = False) -> tuple[int, int | None]:
         """Run the steps that append tokens (prefill chunks, then single tokens): the last step's graph,
         and with greedy its argmax."""
-        if not tokens:
-            raise GgcError("eval needs at least one token")
-        if self.n_past + len(tokens) > self.ctx:
-            raise GgcError(f"{self.n_past + len(tokens)} tokens do not fit the context of {self.ctx}")
         steps = self._steps(tokens)
         tok = None
         for k, (gi, toks) in enumerate(steps):

@@ -144,9 +144,7 @@ class CProgram:
         """The index of an f32 tensor's largest value (the first of equal ones), found where the
         tensor lives: greedy decoding reads back one index instead of a vocabulary of logits.
         run: run the graph first, in the same call (one wait for the device)."""
-        if t.type.name != "f32" or not t.is_contiguous():
-            raise GgcError(f"{t.label()}: argmax of a {t.type.name} tensor (f32, contiguous only)")
-        out, off = C.c_int64(), self.plans[graph].offset_of(t)
+        out, off = C.c_int64(), self._argmax_offset(t, graph)
         if run:
             self._check(self.lib.ggc_model_run_graph_argmax(self.m, graph, off, t.nelements, C.byref(out)))
         else:
@@ -157,13 +155,17 @@ class CProgram:
         """Queue a run of the graph and the argmax of t without waiting (argmax_result collects it, in
         order). feed: the graph's i32 token input, which takes the argmax queued before this one on the
         device, so that greedy decoding queues step k + 1 while step k runs."""
-        if t.type.name != "f32" or not t.is_contiguous():
-            raise GgcError(f"{t.label()}: argmax of a {t.type.name} tensor (f32, contiguous only)")
         if feed is not None and (feed.type.name != "i32" or feed.nelements != 1):
             raise GgcError(f"{feed.label()}: the fed token input must be one i32")
-        p = self.plans[graph]
-        where = p.offset_of(feed) if feed is not None else C.c_size_t(-1).value
-        self._check(self.lib.ggc_model_queue_graph_argmax(self.m, graph, p.offset_of(t), t.nelements, where))
+        off = self._argmax_offset(t, graph)
+        where = self.plans[graph].offset_of(feed) if feed is not None else C.c_size_t(-1).value
+        self._check(self.lib.ggc_model_queue_graph_argmax(self.m, graph, off, t.nelements, where))
+
+    def _argmax_offset(self, t: Tensor, graph: int) -> int:
+        """Where t is, for the argmax functions (f32, contiguous only)."""
+        if t.type.name != "f32" or not t.is_contiguous():
+            raise GgcError(f"{t.label()}: argmax of a {t.type.name} tensor (f32, contiguous only)")
+        return self.plans[graph].offset_of(t)
 
     def argmax_result(self) -> int:
         """The index of the oldest queued argmax (waits for its run)."""

@@ -180,12 +180,12 @@ def _library_call(grp: Group) -> Call | None:
     if grp.nodes[0].op not in CUDA_FUSION.epilogues | CUDA_FUSION.siblings:
         return None
     if all(t.op == "MUL_MAT" for t in grp.nodes[:-1]) and grp.nodes[-1].op in ("MUL_MAT", "SET_ROWS"):
-        products = [t for t in grp.nodes if t.op == "MUL_MAT"]
+        first, *rest = [t for t in grp.nodes if t.op == "MUL_MAT"]
         store = grp.nodes[-1] if grp.nodes[-1].op == "SET_ROWS" else None
         stored = root(store.src[0]) if store is not None else None  # the product it stores
-        first, *rest = products
-        srcs = [first.src[0], first.src[1], None, None] + [x for t in rest for x in (t.src[0], store if t is stored
-                                                                                   else t)]
+        srcs = [first.src[0], first.src[1], None, None]
+        for t in rest:
+            srcs += [t.src[0], store if t is stored else t]
         if store is not None:
             srcs += [None] * (9 - len(srcs)) + [store.src[1]]
         return Call(first, first, srcs)

@@ -111,12 +111,7 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const gg
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return; /* the same for the whole block */
     ggc_mm_segment(a, ROWS, wmat, dst, N, n0, cache);       /* sibling products: this block's one */
     const uint8_t *wr[WR];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        const int64_t n = min(n0 + r, N - 1); /* rows past the end read the last one, not stored */
-        wr[r] = wmat + n * a.nb01;
-        if (SWIGLU) wr[ROWS + r] = a.w2 + (wmat - a.w) + n * a.nb01;
-    }
+    ggc_mm_weight_rows<ROWS, SWIGLU>(a, wmat, n0, N, wr);
     const int nsub = (int)(a.K / 32);
     const int8_t *__restrict__ aq = (const int8_t *)a.act + arow * a.K;
     const ggc_q8a_meta *__restrict__ am = (const ggc_q8a_meta *)a.act_aux + arow * nsub;

@@ -115,6 +115,19 @@ static __device__ __forceinline__ void ggc_mm_segment(const ggc_mm_args &a, int 
     }
 }
 
+/* the weight rows a one-column kernel reads from row n0 on (rows past N read row N - 1, whose result is
+ * not stored); with SWIGLU the up rows of a.w2 follow the gate rows */
+template <int ROWS, bool SWIGLU>
+static __device__ __forceinline__ void ggc_mm_weight_rows(const ggc_mm_args &a, const uint8_t *wmat, int64_t n0,
+                                                          int64_t N, const uint8_t **wr) {
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t n = min(n0 + r, N - 1);
+        wr[r] = wmat + n * a.nb01;
+        if (SWIGLU) wr[ROWS + r] = a.w2 + (wmat - a.w) + n * a.nb01;
+    }
+}
+
 /* result row i of a one-column product: to dst at doff (f32, through the residual ADD), or into the
  * cache row of a storing segment (cache >= 0), converted as SET_ROWS converts */
 static __device__ __forceinline__ void ggc_mm_store_row(const ggc_mm_args &a, uint8_t *dst, int cache, int64_t doff,
@@ -547,12 +560,7 @@ static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(con
     n0 += (int64_t)warp * ROWS;
     if (n0 >= N) return; /* a whole warp: no barrier follows */
     const uint8_t *wr[WR];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        const int64_t n = min(n0 + r, N - 1); /* rows past the end read the last one, not stored */
-        wr[r] = wmat + n * a.nb01;
-        if (SWIGLU) wr[ROWS + r] = a.w2 + (wmat - a.w) + n * a.nb01;
-    }
+    ggc_mm_weight_rows<ROWS, SWIGLU>(a, wmat, n0, N, wr);
     const float *__restrict__ x = (const float *)a.act + arow * a.act_stride;
     const int64_t K = a.K;
     float acc[WR];
