@@ -6,6 +6,7 @@ Errors in the user's input or environment print one line, `ggc: error: ...`, and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,8 +31,11 @@ def _default_model() -> Path:
 
 def _model_arg(a: argparse.Namespace) -> Path:
     if a.model is None:
+        from .runtime.ranks import rank_env
+
         p = _default_model()
-        print(f"ggc: using the built-in tiny {DEFAULT_ARCH} model (random weights): {p}", file=sys.stderr)
+        if rank_env() is None:  # the ranks of `run --ranks` were told once, by the command that started them
+            print(f"ggc: using the built-in tiny {DEFAULT_ARCH} model (random weights): {p}", file=sys.stderr)
         return p
     return Path(a.model)
 
@@ -121,11 +125,22 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     model = _model_arg(a)
     t0 = time.perf_counter()
-    res = verify_model(model, a.tokens, a.outputs, _session_opts(a), target=a.target, graph_file=a.graph)
-    print(format_table(res.results))
+    target: object = a.target
+    if a.ranks > 1:
+        if a.target != "c":
+            raise GgcError("verify --ranks needs --target c (MPI ranks of the generated C program)")
+        from .oracle.ranks import ranks_evaluator
+
+        target = ranks_evaluator(a.ranks)
+    res = verify_model(model, a.tokens, a.outputs, _session_opts(a), target=target,  # type: ignore[arg-type]
+                       graph_file=a.graph)
+    print(format_table(res.results, "1-rank" if a.ranks > 1 else "chained"))
     what = "decode" if a.tokens == 1 else "prefill"
     target = {"ggml": "ggml-cpu (rebuilt from the IR)"}.get(a.target, f"{a.target} (generated program, each group "
               "on the reference's inputs; 'chained' is the whole program on its own values)")
+    if a.ranks > 1:
+        target = (f"c on {a.ranks} MPI ranks (each group on its part of the reference's inputs; 'nmse' against "
+                  "llama.cpp, '1-rank' against the unpartitioned program on the same inputs)")
     print(f"{model.name}: {what} N={a.tokens}, target {target}: "
           f"{'PASS' if res.ok else 'FAIL'} in {time.perf_counter() - t0:.1f}s")
     return 0 if res.ok else 1
@@ -137,13 +152,24 @@ def cmd_compile(a: argparse.Namespace) -> int:
 
     graph = ggraph.load(a.file)
     out = Path(a.output)
+    if a.ranks > 1:
+        from .compiler.partition import partition, summary
+
+        if a.target != "c":
+            raise GgcError("--ranks needs --target c (MPI): the CUDA target runs on one GPU for now")
+        parts = partition([graph], a.ranks)
+        print(f"partitioned for {a.ranks} ranks: {summary(parts)}")
+        graph = parts[0].graph
     if a.target == "cuda":
         from .backends.cuda.emit import compile_cuda as compile_c  # noqa: F811 - same signature
     compiled = compile_c(graph, out, debug=a.debug, fuse=not a.no_fuse, source=Path(a.file).name)
     p = compiled.plan
     print(f"wrote {out}/: {len(p.groups)} kernel groups, arena {p.size} bytes "
           f"(scratch {p.region_size['scratch']}); build with: make -C {out}"
-          + (" (nvcc; ARCH=90 for one architecture)" if a.target == "cuda" else ""))
+          + (" (nvcc; ARCH=90 for one architecture)" if a.target == "cuda" else "")
+          + (f" (mpicc), run with: mpirun -n {a.ranks} {out}/model MODEL.gguf ..." if a.ranks > 1 else ""))
+    if a.ranks > 1:
+        ggraph.save(graph, out / "rank.ggraph")  # what every rank runs, for inspection
     if a.build:
         from .runtime.cprogram import build
 
@@ -158,17 +184,29 @@ DEFAULT_PROMPT = "Once upon a time, in a quiet village by the sea, there lived a
 def cmd_run(a: argparse.Namespace) -> int:
     from .llm.model import Model
     from .llm.sampling import Sampler
+    from .runtime.ranks import rank_env
 
     builtin = a.model is None
     path = _model_arg(a)
-    if builtin:
+    if a.ranks < 1:
+        raise GgcError(f"--ranks must be at least 1, got {a.ranks}")
+    where = rank_env() if a.ranks > 1 else None
+    if builtin and where is None:
         print("ggc: the built-in model has random weights, so its text is gibberish; the speed figures are real",
               file=sys.stderr)
+    if a.ranks > 1 and where is None:
+        return _run_ranks(a, path)
+    rank = where[0] if where else 0
+    if rank:  # a rank other than 0 of a tensor-parallel run: rank 0 speaks for all
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     prompt = a.prompt if a.prompt is not None else DEFAULT_PROMPT
     sampler = Sampler(a.temp, a.top_k, a.top_p, a.seed)
-    with Model(path, target=a.target, ctx=a.ctx, batch=a.batch, threads=a.threads) as m:
+    quiet = {"progress": None} if where else {}  # the command that started the ranks showed the progress
+    with Model(path, target=a.target, ctx=a.ctx, batch=a.batch, threads=a.threads, ranks=a.ranks, **quiet) as m:
         st = m.stats
-        print(f"ggc: ready in {st.start_s:.1f}s ({'cached program' if st.cached else 'compiled now'})", file=sys.stderr)
+        if not rank:
+            print(f"ggc: ready in {st.start_s:.1f}s ({'cached program' if st.cached else 'compiled now'})",
+                  file=sys.stderr)
         toks: list[int] = []
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -183,10 +221,26 @@ def cmd_run(a: argparse.Namespace) -> int:
                 pass
             sys.stdout.flush()
         sys.stdout.write(pending.decode("utf-8", errors="replace") + "\n")
-        print(st.line())
-        if a.check:
+        print(st.line() + (f", {a.ranks} ranks" if a.ranks > 1 else ""))
+        if a.check and not rank:
             return _check(a, path, m.tokenize(prompt), toks)
     return 0
+
+
+def _run_ranks(a: argparse.Namespace, path: Path) -> int:
+    """Compile and build here, with progress shown, then run this same command once per rank under
+    mpirun (each process learns its rank from MPI and finds the program built)."""
+    import subprocess
+
+    from .llm.model import Model
+    from .runtime.ranks import mpirun_command
+
+    if a.target != "c":
+        raise GgcError("--ranks needs the C target (MPI): the CUDA target runs on one GPU for now")
+    cmd = mpirun_command(a.ranks) + [sys.executable, "-m", "ggc", *a.argv]
+    Model(path, target=a.target, ctx=a.ctx, batch=a.batch, ranks=a.ranks, load=False).close()
+    print(f"ggc: starting {a.ranks} ranks with mpirun", file=sys.stderr)
+    return subprocess.run(cmd).returncode
 
 
 def _check(a: argparse.Namespace, path: Path, prompt: list[int], ours: list[int]) -> int:
@@ -297,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the captured graph node by node against llama.cpp")
     p.add_argument("model", nargs="?", help="MODEL.gguf (default: built-in tiny model)")
     p.add_argument("--graph", help="an exported .ggraph to check (must be the graph llama.cpp builds)")
+    p.add_argument("--ranks", type=int, default=1, help="tensor-parallel MPI ranks (--target c)")
     p.add_argument("--target", choices=("ggml", "c", "cuda"), default="ggml",
                    help="what computes the graph (default ggml)")
     _add_capture_opts(p, 1)
@@ -309,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="keep every intermediate (no memory reuse)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per node")
     p.add_argument("--build", action="store_true", help="also run make")
+    p.add_argument("--ranks", type=int, default=1, help="partition tensor-parallel over R MPI ranks (C target)")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("run", help="generate text from a GGUF with a generated program")
@@ -319,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("--batch", type=int, default=32, help="prefill batch size (default 32)")
     p.add_argument("--threads", type=int, help="threads for an OpenMP build")
+    p.add_argument("--ranks", type=int, default=1, help="tensor-parallel MPI processes (C target; runs mpirun)")
     p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy (default)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -336,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.fn(args)
     except GgcError as e:

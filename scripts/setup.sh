@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine: graphviz, a virtualenv in .venv with ggc and its
-# llama-cpp-python. llama-cpp-python compiles llama.cpp from source (minutes on 2 cores), so the
-# wheel is built once and cached in $GGC_WHEEL_CACHE (default ~/.cache/ggc/wheels).
+# Idempotent set-up on a fresh machine: graphviz, OpenMPI (for tensor-parallel C programs), a
+# virtualenv in .venv with ggc and its llama-cpp-python. llama-cpp-python compiles llama.cpp from
+# source (minutes on 2 cores), so the wheel is built once and cached in $GGC_WHEEL_CACHE (default
+# ~/.cache/ggc/wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_VERSION=0.3.36
@@ -13,6 +14,16 @@ if ! command -v dot >/dev/null 2>&1; then
     (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || echo "setup: warning: graphviz not installed; 'ggc dot' will not render" >&2
   else
     echo "setup: warning: not root, graphviz not installed; 'ggc dot' will not render" >&2
+  fi
+fi
+
+if ! command -v mpicc >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; then
+  echo "setup: installing OpenMPI" >&2
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null) \
+      || echo "setup: warning: OpenMPI not installed; programs of several ranks will not build" >&2
+  else
+    echo "setup: warning: not root, OpenMPI not installed; programs of several ranks will not build" >&2
   fi
 fi
 

@@ -88,7 +88,7 @@ def format_tensor(t: Tensor) -> str:
     if t.flags:
         parts.append("flags=" + ",".join(f for f in ALL_FLAGS if f in t.flags))
     if isinstance(t.data, GgufData):
-        parts.append("data=gguf:" + quote(t.data.name))
+        parts.append("data=gguf:" + quote(t.data.name) + ("" if t.data.split is None else f"[split={t.data.split}]"))
     elif isinstance(t.data, InlineData):
         parts.append("data=hex:" + t.data.data.hex())
     parts.append("name=" + quote(t.name))
@@ -344,7 +344,16 @@ def _parse_tensor(c: _Cursor, tensors: list[Tensor]) -> Tensor:
         elif key == "data":
             if c.text.startswith("gguf:", c.pos):
                 c.pos += 5
-                fields[key] = GgufData(c.string())
+                name = c.string()
+                split = None
+                if c.text.startswith("[split=", c.pos):
+                    c.pos += 7
+                    spos = c.pos
+                    split = c.integer("split dimension")
+                    if not 0 <= split < 4:
+                        raise c.error(f"split dimension {split} is not 0..3", spos)
+                    c.expect("]")
+                fields[key] = GgufData(name, split)
             elif c.text.startswith("hex:", c.pos):
                 c.pos += 4
                 m = re.compile(r"[0-9a-f]*").match(c.text, c.pos)

@@ -22,9 +22,11 @@ ParamValue = int | float | str
 
 @dataclass(frozen=True)
 class GgufData:
-    """Data comes from the GGUF tensor of this name."""
+    """Data comes from the GGUF tensor of this name; with split=D, from this rank's equal share of
+    it along dimension D (rank r of the graph's meta `ranks` holds [r*ne[D], (r+1)*ne[D]))."""
 
     name: str
+    split: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The op table: the one place that knows a ggml op.
 
 For each op: its name (as ggml_op_name prints it), how its op_params words decode, whether it is
-a view (costs no kernel: only an offset and strides), how many sources it takes, and where known
-its shape rule. Ops absent from the table are still carried: their op_params travel as raw words.
+a view (costs no kernel: only an offset and strides), how many sources it takes, where known its
+shape rule, and how it carries a tensor-parallel split (the rule names of compiler/partition.py).
+Ops absent from the table are still carried: their op_params travel as raw words.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class OpDef:
     view: bool = False
     n_src: tuple[int, int] = (1, 1)  # min, max number of sources (trailing empty slots trimmed)
     shape: Callable[[list[Shape]], Shape | None] | None = field(default=None, compare=False)
+    # how a source split across ranks goes through the op (compiler/partition.py): "map" (element by
+    # element, later sources broadcast), "rows" (works along dim 0 only), "rope", "matmul",
+    # "matmul_id", "attention", "get_rows", "set_rows", "view", "copy"; "" = it cannot
+    split: str = ""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -96,19 +101,19 @@ _VIEW_SET = _p("nb1:0 nb2:1 nb3:2 offset:3 inplace:4")
 
 _DEFS = [
     OpDef("NONE", n_src=(0, 0)),
-    OpDef("DUP", shape=_same),
-    OpDef("ADD", n_src=(2, 2), shape=_same),
+    OpDef("DUP", shape=_same, split="copy"),
+    OpDef("ADD", n_src=(2, 2), shape=_same, split="map"),
     OpDef("ADD_ID", n_src=(3, 3), shape=_same),
     OpDef("ADD1", n_src=(2, 2), shape=_same),
     OpDef("ACC", _VIEW_SET, n_src=(2, 2), shape=_same),
-    OpDef("SUB", n_src=(2, 2), shape=_same),
-    OpDef("MUL", n_src=(2, 2), shape=_same),
-    OpDef("DIV", n_src=(2, 2), shape=_same),
-    OpDef("SQR", shape=_same),
-    OpDef("SQRT", shape=_same),
-    OpDef("LOG", shape=_same),
-    OpDef("SIN", shape=_same),
-    OpDef("COS", shape=_same),
+    OpDef("SUB", n_src=(2, 2), shape=_same, split="map"),
+    OpDef("MUL", n_src=(2, 2), shape=_same, split="map"),
+    OpDef("DIV", n_src=(2, 2), shape=_same, split="map"),
+    OpDef("SQR", shape=_same, split="map"),
+    OpDef("SQRT", shape=_same, split="map"),
+    OpDef("LOG", shape=_same, split="map"),
+    OpDef("SIN", shape=_same, split="map"),
+    OpDef("COS", shape=_same, split="map"),
     OpDef("SUM", shape=lambda s: (1, 1, 1, 1)),
     OpDef("SUM_ROWS", shape=_sum_rows),
     OpDef("CUMSUM", shape=_same),
@@ -116,28 +121,29 @@ _DEFS = [
     OpDef("ARGMAX", shape=lambda s: (s[0][1], 1, 1, 1)),
     OpDef("REPEAT", n_src=(2, 2), shape=lambda s: s[1]),
     OpDef("CONCAT", _p("dim:0"), n_src=(2, 2)),
-    OpDef("NORM", _p("eps:0f"), shape=_same),
-    OpDef("RMS_NORM", _p("eps:0f"), shape=_same),
+    OpDef("NORM", _p("eps:0f"), shape=_same, split="rows"),
+    OpDef("RMS_NORM", _p("eps:0f"), shape=_same, split="rows"),
     OpDef("GROUP_NORM", _p("n_groups:0 eps:1f"), shape=_same),
-    OpDef("L2_NORM", _p("eps:0f"), shape=_same),
-    OpDef("MUL_MAT", _p("prec:0 hint:1 prec_src1:3"), n_src=(2, 2), shape=_mul_mat),
-    OpDef("MUL_MAT_ID", _p("prec:0 hint:1 prec_src1:3"), n_src=(3, 3), shape=_mul_mat_id),
+    OpDef("L2_NORM", _p("eps:0f"), shape=_same, split="rows"),
+    OpDef("MUL_MAT", _p("prec:0 hint:1 prec_src1:3"), n_src=(2, 2), shape=_mul_mat, split="matmul"),
+    OpDef("MUL_MAT_ID", _p("prec:0 hint:1 prec_src1:3"), n_src=(3, 3), shape=_mul_mat_id, split="matmul_id"),
     OpDef("OUT_PROD", n_src=(2, 2)),
-    OpDef("SCALE", _p("s:0f b:1f"), shape=_same),
+    OpDef("SCALE", _p("s:0f b:1f"), shape=_same, split="map"),
     OpDef("SET", _VIEW_SET, n_src=(2, 2), shape=_same),
     OpDef("CPY", n_src=(2, 2), view=True),  # result is a view of its destination (src 1)
-    OpDef("CONT"),  # ggml_cont_2d..4d reshape while copying: only the element count is fixed
-    OpDef("RESHAPE", view=True),
-    OpDef("VIEW", _p("offset:0"), view=True),
-    OpDef("PERMUTE", _p("axis0:0 axis1:1 axis2:2 axis3:3"), view=True),
-    OpDef("TRANSPOSE", view=True),
-    OpDef("GET_ROWS", n_src=(2, 2), shape=_get_rows),
-    OpDef("SET_ROWS", n_src=(2, 3), view=True),  # writes rows into src 0 and returns a view of it
+    OpDef("CONT", split="copy"),  # ggml_cont_2d..4d reshape while copying: only the element count is fixed
+    OpDef("RESHAPE", view=True, split="view"),
+    OpDef("VIEW", _p("offset:0"), view=True, split="view"),
+    OpDef("PERMUTE", _p("axis0:0 axis1:1 axis2:2 axis3:3"), view=True, split="view"),
+    OpDef("TRANSPOSE", view=True, split="view"),
+    OpDef("GET_ROWS", n_src=(2, 2), shape=_get_rows, split="get_rows"),
+    # writes the rows of src 0 into src 2 at the indices src 1, and returns a view of src 2
+    OpDef("SET_ROWS", n_src=(2, 3), view=True, split="set_rows"),
     OpDef("DIAG_MASK_INF", _p("n_past:0"), shape=_same),
     OpDef("DIAG_MASK_ZERO", _p("n_past:0"), shape=_same),
-    OpDef("SOFT_MAX", _p("scale:0f max_bias:1f"), n_src=(1, 3), shape=_same),
-    OpDef("ROPE", _ROPE, n_src=(2, 3), shape=_same),
-    OpDef("CLAMP", _p("min:0f max:1f"), shape=_same),
+    OpDef("SOFT_MAX", _p("scale:0f max_bias:1f"), n_src=(1, 3), shape=_same, split="rows"),
+    OpDef("ROPE", _ROPE, n_src=(2, 3), shape=_same, split="rope"),
+    OpDef("CLAMP", _p("min:0f max:1f"), shape=_same, split="map"),
     OpDef("IM2COL", _p("s0:0 s1:1 p0:2 p1:3 d0:4 d1:5 is_2d:6"), n_src=(2, 2)),
     OpDef("CONV_TRANSPOSE_1D", _p("s0:0 p0:1 d0:2"), n_src=(2, 2)),
     OpDef("POOL_1D", _p("op:0 k0:1 s0:2 p0:3")),
@@ -150,11 +156,11 @@ _DEFS = [
     OpDef("TIMESTEP_EMBEDDING", _p("dim:0 max_period:1")),
     OpDef("ARGSORT", _p("order:0"), shape=_same),
     OpDef("TOP_K", _p("k:0")),
-    OpDef("LEAKY_RELU", _p("negative_slope:0f"), shape=_same),
+    OpDef("LEAKY_RELU", _p("negative_slope:0f"), shape=_same, split="map"),
     OpDef("TRI", _p("type:0"), shape=_same),
     OpDef("FILL", _p("c:0f"), shape=_same),
     OpDef("FLASH_ATTN_EXT", _p("scale:0f max_bias:1f logit_softcap:2f prec:3 n_kv_max:4"),
-          n_src=(3, 5), shape=_flash_attn),
+          n_src=(3, 5), shape=_flash_attn, split="attention"),
     OpDef("SSM_CONV", n_src=(2, 2)),
     OpDef("SSM_SCAN", n_src=(6, 7)),
     OpDef("WIN_PART", _p("npx:0 npy:1 w:2")),
@@ -163,8 +169,14 @@ _DEFS = [
     OpDef("RWKV_WKV6", n_src=(6, 6)),
     OpDef("GATED_LINEAR_ATTN", _p("scale:0f"), n_src=(5, 5)),
     OpDef("RWKV_WKV7", n_src=(7, 7)),
-    OpDef("UNARY", _p("op:0u alpha_n:1f alpha_p:2f beta:3f eps:4f"), shape=_same),
-    OpDef("GLU", _p("op:0g swapped:1 alpha:2f limit:3f"), n_src=(1, 2), shape=_glu),
+    OpDef("UNARY", _p("op:0u alpha_n:1f alpha_p:2f beta:3f eps:4f"), shape=_same, split="map"),
+    OpDef("GLU", _p("op:0g swapped:1 alpha:2f limit:3f"), n_src=(1, 2), shape=_glu, split="map"),
+    # ggc's own, not ggml's: the element-wise sum of src 0 over all ranks, which every rank receives
+    # (a tensor-parallel program, compiler/partition.py)
+    OpDef("ALL_REDUCE", shape=_same),
+    # ggc's own: the rank's part (src 0, split along `dim` into equal parts in rank order) made whole
+    # on every rank; the result is contiguous
+    OpDef("ALL_GATHER", _p("dim:0")),
 ]
 
 # Ops that appear in ggml's enum but not in inference graphs ggc targets: known by name, any

@@ -5,10 +5,16 @@ prefill graph for a batch of B tokens and a decode graph for one. Both are compi
 program on one arena, so the weights are loaded once and the KV cache is shared state. The
 program is cached on disk under a hash of the graphs and the compiler, so a second start only
 loads it. A prompt runs in chunks of B tokens, and the rest one token at a time.
+
+With ranks > 1 the graphs are partitioned tensor-parallel (compiler/partition.py) and every rank,
+one process each under mpirun, makes the same Model: each loads its slice of the weights, and all
+ranks get the same logits (the last all-reduce sums in rank order on every rank), so they sample
+the same tokens.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sys
@@ -82,7 +88,8 @@ class Generation:
 
 class Model:
     def __init__(self, path: str | Path, target: str = "c", ctx: int = 4096, batch: int = 32,
-                 threads: int | None = None, progress: Progress | None = _stderr) -> None:
+                 threads: int | None = None, progress: Progress | None = _stderr, ranks: int = 1,
+                 load: bool = True) -> None:
         from ..capture.llama import LlamaSession, SessionOptions
         from ..formats.gguf_file import read_gguf
 
@@ -93,6 +100,9 @@ class Model:
             raise GgcError(f"unknown target {target!r} (targets: {', '.join(TARGETS)})")
         target = self._pick_target(target)
         self.target = target
+        if ranks > 1 and target != "c":
+            raise GgcError("--ranks needs the C target (MPI): the CUDA target runs on one GPU for now")
+        self.ranks = ranks
         if ctx < 1 or batch < 1 or batch > ctx:
             raise GgcError(f"need 1 <= --batch ({batch}) <= --ctx ({ctx})")
         gf = read_gguf(self.path)  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
@@ -103,6 +113,10 @@ class Model:
             prefill, _ = s.capture(batch, 1)
             decode, _ = s.capture(1, 1) if batch > 1 else (prefill, None)
         self.graphs = [prefill, decode]
+        if ranks > 1:
+            from ..compiler.partition import partition
+
+            self.graphs = [p.graph for p in partition(self.graphs, ranks)]
         n_layer = max((int(t.name[9:]) + 1 for t in prefill.leafs if t.name.startswith("cache_k_l")), default=0)
         swa = Swa.from_gguf(gf, n_layer)
         self.fillers = [InputFiller(g, swa) for g in self.graphs]
@@ -111,13 +125,16 @@ class Model:
         # the decode graph's token input: pipelined greedy decoding feeds it on the device
         self._token_input = next((t for t in self.graphs[1].leafs if t.name == "inp_tokens"
                                   and t.type.name == "i32" and t.nelements == 1), None)
-        self.program, cached = self._build()
+        self.program, cached = self._build(load)
+        self.stats = Stats(target=target, start_s=time.perf_counter() - t0, cached=cached)
+        if not load:  # compiled and built only (for the ranks that mpirun starts next)
+            return
         self.program.load_weights(self.path)
         if threads:
             self.program.set_threads(threads)
         self.n_past = 0
         self._pending = 0  # greedy steps queued and not collected (_stream_greedy)
-        self.stats = Stats(target=target, start_s=time.perf_counter() - t0, cached=cached)
+        self.stats.start_s = time.perf_counter() - t0
 
     # ---- set-up
     def _pick_target(self, target: str) -> str:
@@ -147,8 +164,7 @@ class Model:
         self.vocab = ll.llama_model_get_vocab(self._vocab_model)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
 
-    def _build(self):  # noqa: ANN202 - CProgram
-        from ..backends.c.emit import compile_c
+    def _build(self, load: bool = True):  # noqa: ANN202 - CProgram
         from ..formats import ggraph
         from ..runtime.cprogram import CProgram
 
@@ -157,6 +173,18 @@ class Model:
             h.update(ggraph.write(g).encode())
         key = h.hexdigest()[:20]
         out = cache_root() / "programs" / f"{self.path.stem}-{self.target}-{key}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # one compiler at a time per program: the ranks of one run, or two runs, start together
+        with open(out.parent / f".{out.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            compiled, cached = self._compile(out)
+        # outside the lock: with MPI, creating the program waits for every rank
+        return (CProgram(compiled) if load else None), cached
+
+    def _compile(self, out: Path):  # noqa: ANN202 - CompiledC
+        from ..backends.c.emit import compile_c
+        from ..runtime.cprogram import build
+
         cached = (out / "libmodel.so").exists()
         names = ["prefill", "decode"]
         if cached:
@@ -176,11 +204,13 @@ class Model:
                 self.progress("ggc: building the program with make and nvcc")
         else:
             if not cached:
-                self.progress("ggc: compiling prefill and decode graphs to C")
+                ranks = f" for {self.ranks} ranks" if self.ranks > 1 else ""
+                self.progress(f"ggc: compiling prefill and decode graphs to C{ranks}")
             compiled = compile_c(self.graphs, out, source=self.path.name, graph_names=names, reuse_existing=cached)
             if not cached:
                 self.progress("ggc: building with make and the C compiler")
-        return CProgram(compiled), cached
+        build(compiled)  # under the lock: a no-op when built
+        return compiled, cached
 
     def close(self) -> None:
         if getattr(self, "program", None):

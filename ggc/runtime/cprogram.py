@@ -13,16 +13,20 @@ import numpy as np
 from ..backends.c.emit import CompiledC
 from ..errors import GgcError
 from ..ir.graph import Tensor
+from .ranks import mpicc
 
 
 def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False) -> Path:
     """Run make in the program directory; a compiler error becomes a GgcError with its output."""
     if shutil.which("make") is None:
         raise GgcError("'make' not found: install make and a C compiler (gcc)")
-    cc = os.environ.get("CC", "gcc")
-    if shutil.which(cc) is None:
-        raise GgcError(f"C compiler '{cc}' not found: install gcc or set CC")
-    args = ["make", "-s", f"-j{os.cpu_count() or 1}", target, f"CC={cc}"] + (["OPENMP=1"] if openmp else [])
+    if compiled.ranks > 1:  # tensor-parallel: MPI's compiler wrapper (and then mpirun)
+        cc, mpi = mpicc(), ["MPI=1"]
+    else:
+        cc, mpi = os.environ.get("CC", "gcc"), []
+        if shutil.which(cc) is None:
+            raise GgcError(f"C compiler '{cc}' not found: install gcc or set CC")
+    args = ["make", "-s", f"-j{os.cpu_count() or 1}", target, f"CC={cc}", *mpi] + (["OPENMP=1"] if openmp else [])
     if (compiled.out / "program.cu").exists():
         if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
             raise GgcError("nvcc not found: install the CUDA toolkit (or use --target c)")
@@ -67,12 +71,20 @@ class CProgram:
         L.ggc_model_set_threads.restype = C.c_int
         L.ggc_model_last_run_ms.restype, L.ggc_model_last_run_ms.argtypes = C.c_double, [C.c_void_p]
         L.ggc_model_profile_graph.argtypes = [C.c_void_p, C.c_int, C.POINTER(C.c_float)]
+        if hasattr(L, "ggc_model_rank"):  # the CUDA runtime runs one rank and lacks it
+            L.ggc_model_rank.argtypes = [C.c_void_p]
         if L.ggc_model_arena_size() != self.plan.size:
             raise GgcError(f"{lib_path}: the built program does not match its plan")
         self.m = L.ggc_model_create()
         if not self.m:
-            raise GgcError(f"could not create the program ({L.ggc_last_error().decode()}); its arena needs "
-                           f"{self.plan.size} bytes")
+            why = L.ggc_last_error().decode(errors="replace")
+            raise GgcError(f"could not create the program ({why})"
+                           + (f"; its arena needs {self.plan.size} bytes" if why == "out of memory" else ""))
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in a tensor-parallel program (run under mpirun, ranks.py); 0 otherwise."""
+        return int(self.lib.ggc_model_rank(self.m)) if hasattr(self.lib, "ggc_model_rank") else 0
 
     def close(self) -> None:
         if getattr(self, "m", None):

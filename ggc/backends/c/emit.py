@@ -6,7 +6,8 @@
     DIR/ggc_model.[ch] the runtime and the C API; DIR/ggc_gguf.c the GGUF loader; DIR/ggc_main.c a CLI
     DIR/Makefile, DIR/README.md
 
-Only libc and libm are needed; `make OPENMP=1` adds OpenMP threads.
+Only libc and libm are needed; `make OPENMP=1` adds OpenMP threads. A tensor-parallel program
+(the graph's meta `ranks` > 1) builds with mpicc (`make MPI=1`, its default) and runs under mpirun.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ...compiler.arena import Plan, check, plan_shared
 from ...compiler.passes import NO_FUSION, Fusion, Group
 from ...errors import GgcError
 from ...ir import params as prm
-from ...ir.graph import Graph, Tensor
+from ...ir.graph import GgufData, Graph, Tensor
 from .abi import KERNEL_DIR, c_type_name, kernel_name, load_library, op_param_words
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
@@ -47,6 +48,31 @@ class CompiledC:
     @property
     def plan(self) -> Plan:
         return self.plans[0]
+
+    @property
+    def ranks(self) -> int:
+        """The processes the program runs as (tensor parallelism); 1 for most."""
+        return program_ranks(self.plans)
+
+
+def program_ranks(plans: list[Plan]) -> int:
+    """The ranks of a program: its graphs' meta `ranks` (absent = 1), which must agree."""
+    ranks = {int(p.graph.meta.get("ranks", 1)) for p in plans}
+    if len(ranks) != 1 or min(ranks) < 1:
+        raise GgcError(f"the graphs of one program must have one number of ranks (>= 1), not {sorted(ranks)}")
+    return ranks.pop()
+
+
+def split_weights(plans: list[Plan]) -> dict[str, int]:
+    """The weights split across ranks: GGUF name -> the dimension split."""
+    out: dict[str, int] = {}
+    for p in plans:
+        for t in p.graph.leafs:
+            if isinstance(t.data, GgufData) and t.data.split is not None:
+                if out.setdefault(t.data.name, t.data.split) != t.data.split:
+                    raise GgcError(f"{t.label()}: GGUF tensor {t.data.name!r} is split along dimension "
+                                   f"{t.data.split} here and {out[t.data.name]} in another graph")
+    return out
 
 
 def has_symbol(name: str) -> bool:
@@ -197,6 +223,10 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
                  header: str = "ggc_program.h") -> tuple[str, list[dict[int, int]]]:
     """program.c: the arena, then each graph's tensors, nodes and kernel calls, then the graph table."""
     p0 = plans[0]
+    ranks = program_ranks(plans)
+    if ranks > 1 and abi is not C_ABI:
+        raise GgcError(f"a program of {ranks} ranks (tensor parallelism) needs the C target: this target runs one")
+    splits = split_weights(plans)
     body: list[str] = []
     tindexes, n_nodes = [], []
     used: set[str] = set()
@@ -219,6 +249,10 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
         f"{abi.linkage}const size_t GGC_STATE_OFFSET = {p0.region_offset['state']};",
         f"{abi.linkage}const size_t GGC_STATE_SIZE = {p0.region_size['state']};",
         f"{abi.linkage}const size_t GGC_HOST_SIZE = {p0.host_size};",
+        f"{abi.linkage}const int GGC_RANKS = {ranks};",
+        f"{abi.linkage}const ggc_split_info GGC_SPLITS[] = {{"
+        + (", ".join(f"{{{c_string(n)}, {d}}}" for n, d in splits.items()) or "{NULL, -1}") + "};",
+        f"{abi.linkage}const int GGC_N_SPLITS = {len(splits)};",
         "",
     ]
     head += [f"{abi.linkage}void {fn}(const ggc_node *node, {abi.ctx_type} *work);" for fn in sorted(used)]
@@ -275,10 +309,16 @@ MAKEFILE = """\
 CC ?= gcc
 CFLAGS ?= -O2
 OPENMP ?= 0
+# MPI=1: with MPI, for a program of several ranks (run it with mpirun -n RANKS)
+MPI ?= {mpi}
 # no -ffast-math, and no contraction of a*b+c: the kernels follow ggml's rounding exactly
 override CFLAGS += -std=c11 -ffp-contract=off -Ikernels -I. -D_POSIX_C_SOURCE=200809L
 ifeq ($(OPENMP),1)
 override CFLAGS += -fopenmp
+endif
+ifeq ($(MPI),1)
+CC = mpicc
+override CFLAGS += -DGGC_MPI
 endif
 SRC = program.c ggc_model.c ggc_gguf.c $(wildcard kernels/*.c)
 
@@ -307,6 +347,13 @@ Compiled from `{source}`: graphs {graphs} ({n_nodes} nodes in {n_groups} kernel 
 
 The arena is one allocation of {arena} bytes: weights {weights}, state {state}, inputs {io},
 scratch {scratch}. The C API is in `ggc_model.h`. Inputs and outputs are raw tensor bytes.
+{ranks_note}"""
+
+RANKS_NOTE = """
+This program is tensor-parallel: {ranks} processes (ranks) run it, each holding its share of the
+split weights. `make` builds it with mpicc (OpenMPI; Debian: openmpi-bin libopenmpi-dev); run it with
+
+    mpirun -n {ranks} ./{name} MODEL.gguf ...   # rank 0 writes the outputs
 """
 
 
@@ -358,15 +405,16 @@ def compile_c(graph: Graph | list[Graph], out: str | Path, *, name: str = "model
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))
     program, _ = emit_program(plans, names, source)
+    ranks = program_ranks(plans)
     p = plans[0]
     rs = p.region_size
     readme = README.format(
         name=name, version=__version__, source=source, n_nodes=sum(len(g.nodes) for g in graphs),
         n_groups=sum(len(q.groups) for q in plans), arena=p.size, weights=rs["weights"], state=rs["state"],
         io=max(q.region_size["io"] for q in plans), scratch=max(q.region_size["scratch"] for q in plans),
-        graphs=", ".join(names))
+        graphs=", ".join(names), ranks_note=RANKS_NOTE.format(ranks=ranks, name=name) if ranks > 1 else "")
     copies = [(f, f"kernels/{f.name}") for f in sorted(KERNEL_DIR.iterdir()) if f.suffix in (".c", ".h")]
     copies += [(RUNTIME_DIR / f, f) for f in RUNTIME_FILES]
-    write_program_dir(out, copies, {"program.c": program, "Makefile": MAKEFILE.format(name=name),
+    write_program_dir(out, copies, {"program.c": program, "Makefile": MAKEFILE.format(name=name, mpi=int(ranks > 1)),
                                     "README.md": readme})
     return CompiledC(out, plans, names)

@@ -108,6 +108,12 @@ float ggc_expf_vec(float x); /* ggml's vectorized expf, lane by lane (ggc_elemen
 /* y = exp(x - max) over a row, returning the sum in double, as ggml's soft_max (ggc_softmax.c) */
 double ggc_softmax_exp_row(int64_t n, float *y, const float *x, float max);
 
+/* ---- ranks (ggc_comm.c): sums n floats over the ranks of a tensor-parallel program in place, the
+ * same bits on every rank; the runtime sets it (ggc_model.c with GGC_MPI), NULL = one rank */
+extern void (*ggc_all_reduce_hook)(float *data, int64_t n);
+/* every rank's `bytes` at part, into all in rank order (ranks x bytes); NULL = one rank */
+extern void (*ggc_all_gather_hook)(const void *part, size_t bytes, void *all);
+
 /* ---- per-thread work memory: `per` bytes for each thread */
 #ifdef _OPENMP
 #include <omp.h>

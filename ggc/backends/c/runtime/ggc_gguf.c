@@ -3,7 +3,8 @@
  * The file is untrusted. Every count, length and offset is checked against the file size before
  * it is used, arithmetic is overflow-checked, and allocations are bounded by the file size, so a
  * truncated or hostile file gives an error message, never a crash. Each weight's type and shape
- * must equal what the program was compiled for.
+ * must equal what the program was compiled for; a split weight (ggc_program.h) must be this
+ * rank's share of its GGUF tensor, and only that share is read.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -183,7 +184,29 @@ static const ggc_tensor_info *weight(int k) {
     return w;
 }
 
-static int load(reader *r, char *arena) {
+/* the dimension a weight is split along across ranks, or -1 */
+static int split_dim(const char *name) {
+    for (int i = 0; i < GGC_N_SPLITS; i++)
+        if (strcmp(GGC_SPLITS[i].name, name) == 0) return GGC_SPLITS[i].dim;
+    return -1;
+}
+
+/* Where this rank's share of a weight split along dim d lies in the file's tensor: n_chunks runs
+ * of chunk bytes, one for each index over the dimensions above d, at stride chunk * GGC_RANKS
+ * (the file's tensor is GGC_RANKS times the program's along d). 0, or -1 when the program's
+ * tensor is not whole blocks laid out contiguously. */
+static int split_chunks(const ggc_tensor_info *w, int type, int d, uint64_t *chunk, uint64_t *n_chunks) {
+    const int64_t blck = ggc_blck_size((ggc_type)type);
+    if (w->ne[0] % blck) return -1;
+    uint64_t c = (uint64_t)(w->ne[0] / blck) * ggc_type_size((ggc_type)type), n = 1;
+    for (int k = 1; k <= d; k++) c *= (uint64_t)w->ne[k];
+    for (int k = d + 1; k < MAX_DIMS; k++) n *= (uint64_t)w->ne[k];
+    *chunk = c;
+    *n_chunks = n;
+    return c * n == w->nbytes ? 0 : -1;
+}
+
+static int load(reader *r, char *arena, int rank) {
     char magic[4];
     uint32_t version, alignment = 32;
     uint64_t n_tensors, n_kv;
@@ -246,24 +269,48 @@ static int load(reader *r, char *arena) {
                  type >= 0 ? TYPE_NAMES[type] : "unsupported", type_name(w->type));
             goto done;
         }
+        /* the file's shape: the program's, GGC_RANKS times longer along a split dimension */
+        const int split = split_dim(w->name);
+        int64_t want[MAX_DIMS];
+        for (int d = 0; d < MAX_DIMS; d++) want[d] = w->ne[d] * (d == split ? GGC_RANKS : 1);
         for (int d = 0; d < MAX_DIMS; d++)
-            if (t->ne[d] != w->ne[d]) {
+            if (t->ne[d] != want[d]) {
+                char how[96] = "";
+                if (split >= 0)
+                    snprintf(how, sizeof how, " (this rank's [%" PRId64 "] along dimension %d, times %d ranks)",
+                             w->ne[split], split, GGC_RANKS);
                 fail(r, "tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "], the program expects "
-                        "[%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "]", w->name, t->ne[0], t->ne[1], t->ne[2],
-                     t->ne[3], w->ne[0], w->ne[1], w->ne[2], w->ne[3]);
+                        "[%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "]%s", w->name, t->ne[0], t->ne[1], t->ne[2],
+                     t->ne[3], want[0], want[1], want[2], want[3], how);
                 goto done;
             }
         if (t->offset % alignment) {
             fail(r, "tensor '%s': offset %" PRIu64 " is not aligned to %u", w->name, t->offset, alignment);
             goto done;
         }
-        if (t->offset > r->size - data || w->nbytes > r->size - data - t->offset) {
-            fail(r, "tensor '%s': data [%" PRIu64 ", +%zu) runs past the end of the file", w->name, t->offset, w->nbytes);
+        /* n_chunks runs of chunk bytes at stride chunk * GGC_RANKS, this rank's at rank * chunk in
+           each; an unsplit weight is one run of all its bytes */
+        uint64_t chunk = w->nbytes, n_chunks = 1, stride = w->nbytes, skip_to = 0;
+        if (split >= 0) {
+            if (split_chunks(w, type, split, &chunk, &n_chunks) != 0) {
+                fail(r, "tensor '%s': the program's share of it is not contiguous whole blocks", w->name);
+                goto done;
+            }
+            stride = chunk * (uint64_t)GGC_RANKS;
+            skip_to = chunk * (uint64_t)rank;
+        }
+        /* the whole tensor must be in the file, all ranks' shares (so every rank checks the same bounds) */
+        const uint64_t total = n_chunks * stride;
+        if (t->offset > r->size - data || total > r->size - data - t->offset) {
+            fail(r, "tensor '%s': data [%" PRIu64 ", +%" PRIu64 ") runs past the end of the file", w->name, t->offset, total);
             goto done;
         }
-        if (fseek(r->f, (long)(data + t->offset), SEEK_SET) != 0 || fread(arena + w->offset, 1, w->nbytes, r->f) != w->nbytes) {
-            fail(r, "tensor '%s': read error", w->name);
-            goto done;
+        for (uint64_t c = 0; c < n_chunks; c++) {
+            const uint64_t at = data + t->offset + c * stride + skip_to;
+            if (fseek(r->f, (long)at, SEEK_SET) != 0 || fread(arena + w->offset + c * chunk, 1, chunk, r->f) != chunk) {
+                fail(r, "tensor '%s': read error", w->name);
+                goto done;
+            }
         }
         if (regroup) regroup_q4_0(arena + w->offset, w->nbytes);  /* whole rows of whole groups: the compiler's choice */
     }
@@ -273,9 +320,10 @@ done:
     return rc;
 }
 
-int ggc_gguf_load(const char *path, char *arena, char *err, size_t err_len) {
+int ggc_gguf_load(const char *path, char *arena, int rank, char *err, size_t err_len) {
     reader r = {NULL, path, 0, 0, err, err_len};
     if (err && err_len) err[0] = 0;
+    if (rank < 0 || rank >= GGC_RANKS) return fail(&r, "rank %d of a program of %d ranks", rank, GGC_RANKS);
     r.f = fopen(path, "rb");
     if (!r.f) return fail(&r, "cannot open: %s", strerror(errno));
     int rc = -1;
@@ -283,7 +331,7 @@ int ggc_gguf_load(const char *path, char *arena, char *err, size_t err_len) {
         long end = ftell(r.f);
         if (end >= 0 && fseek(r.f, 0, SEEK_SET) == 0) {
             r.size = (uint64_t)end;
-            rc = load(&r, arena);
+            rc = load(&r, arena, rank);
         }
     }
     if (rc != 0 && err && err_len && !err[0]) fail(&r, "cannot read the file");

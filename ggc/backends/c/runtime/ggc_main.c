@@ -5,6 +5,9 @@
  * GRAPH names one of the program's graphs (say prefill or decode); the default is the first.
  * Inputs and outputs are raw little-endian tensor bytes; NAME may end in #K for the K-th tensor
  * of that name. Errors go to stderr with exit status 2.
+ *
+ * A program of several ranks runs under mpirun (mpirun -n RANKS ./model ...): every rank loads its
+ * share of the weights and reads the inputs; rank 0 alone reports the time and writes the outputs.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +73,11 @@ int main(int argc, char **argv) {
         ggc_model_free(m);
         return die(err, NULL);
     }
+#ifdef GGC_MPI
+    const int rank = ggc_model_rank(m);
+#else
+    const int rank = 0; /* the CUDA runtime, which has no ggc_model_rank, runs one rank */
+#endif
     int runs = 1, rc = 0;
     for (int a = 2; a < argc && rc == 0; a++) {
         char name[256];
@@ -106,8 +114,8 @@ int main(int argc, char **argv) {
             if (ggc_model_run_graph(m, graph) != 0) rc = die(ggc_model_error(m), NULL);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double ms = ((double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6) / runs;
-        fprintf(stderr, "%d run(s), %.3f ms per run\n", runs, ms);
-        for (int a = 2; a < argc && rc == 0; a++) {
+        if (rank == 0) fprintf(stderr, "%d run(s), %.3f ms per run\n", runs, ms);
+        for (int a = 2; a < argc && rc == 0 && rank == 0; a++) {
             if (strcmp(argv[a], "-o") || a + 1 >= argc) continue;
             char name[256];
             const char *file;

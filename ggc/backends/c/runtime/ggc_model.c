@@ -1,10 +1,20 @@
-/* The runtime of a generated program: the arena, the kernel nodes of each graph, the C API. */
+/* The runtime of a generated program: the arena, the kernel nodes of each graph, the C API.
+ *
+ * A program of several ranks (GGC_RANKS > 1, tensor parallelism) is built with GGC_MPI (make
+ * MPI=1) and run with mpirun, one process a rank: the runtime initializes MPI and gives the
+ * kernels' ALL_REDUCE its sum over ranks.
+ */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* clock_gettime; the Makefile sets it too */
 #endif
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#ifdef GGC_MPI
+#include <mpi.h>
+#endif
 
 #include "ggc_program.h"
 
@@ -19,6 +29,7 @@ struct ggc_model {
     int64_t queued[GGC_MAX_QUEUED], last_index; /* ggc_model_queue_graph_argmax's results, the latest */
     double queued_ms[GGC_MAX_QUEUED];
     int q_head, q_count;
+    int rank; /* this process's rank in a tensor-parallel program; 0 without MPI */
 };
 
 static double now_ms(void) {
@@ -45,7 +56,96 @@ static void fill_tensor(ggc_tensor *t, const ggc_tensor_info *info, char *arena)
 
 static int valid_graph(int g) { return g >= 0 && g < GGC_N_GRAPHS; }
 
-const char *ggc_last_error(void) { return "out of memory"; }
+static char last_error[256] = "out of memory";
+const char *ggc_last_error(void) { return last_error; }
+
+#ifdef GGC_MPI
+/* The sum over ranks, bit-identical on every rank and from run to run: each rank gathers all
+ * ranks' values and adds them in rank order 0..R-1 (MPI_Allreduce promises neither an order nor
+ * the same bits on every rank). At most CHUNK floats a round, which bounds the scratch and keeps
+ * MPI's int counts in range. */
+#define GGC_MPI_CHUNK ((int64_t)1 << 22)
+static float *mpi_scratch; /* GGC_RANKS x CHUNK floats at most; freed with a model and at exit */
+static size_t mpi_scratch_n;
+static int mpi_we_init;
+
+static void all_reduce_mpi(float *x, int64_t n) {
+    for (int64_t at = 0; at < n; at += GGC_MPI_CHUNK) {
+        const int64_t k = n - at < GGC_MPI_CHUNK ? n - at : GGC_MPI_CHUNK;
+        const size_t need = (size_t)k * (size_t)GGC_RANKS;
+        if (need > mpi_scratch_n) {
+            float *b = realloc(mpi_scratch, need * sizeof *b);
+            if (!b) {
+                fprintf(stderr, "ggc: out of memory for the all-reduce of %lld floats\n", (long long)k);
+                MPI_Abort(MPI_COMM_WORLD, 1);
+            }
+            mpi_scratch = b;
+            mpi_scratch_n = need;
+        }
+        MPI_Allgather(x + at, (int)k, MPI_FLOAT, mpi_scratch, (int)k, MPI_FLOAT, MPI_COMM_WORLD);
+        for (int64_t i = 0; i < k; i++) {
+            float s = mpi_scratch[i];
+            for (int r = 1; r < GGC_RANKS; r++) s += mpi_scratch[(size_t)r * (size_t)k + (size_t)i];
+            x[at + i] = s;
+        }
+    }
+}
+
+/* every rank's bytes, in rank order; MPI counts are ints */
+static void all_gather_mpi(const void *part, size_t bytes, void *all) {
+    if (bytes > (size_t)INT32_MAX) {
+        fprintf(stderr, "ggc: an all-gather of %zu bytes a rank is over MPI's count limit\n", bytes);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    MPI_Allgather(part, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, MPI_COMM_WORLD);
+}
+
+static void mpi_release(void) {
+    free(mpi_scratch);
+    mpi_scratch = NULL;
+    mpi_scratch_n = 0;
+}
+
+static void mpi_exit(void) {
+    mpi_release();
+    int done = 0;
+    if (mpi_we_init && MPI_Finalized(&done) == MPI_SUCCESS && !done) MPI_Finalize();
+}
+
+/* MPI up (initialized here unless the host program did), with GGC_RANKS processes: this one's
+   rank, or -1 with last_error set */
+static int mpi_start(void) {
+    int up = 0, size = 0, rank = 0;
+    MPI_Initialized(&up);
+    if (!up) {
+        if (MPI_Init(NULL, NULL) != MPI_SUCCESS) {
+            snprintf(last_error, sizeof last_error, "MPI_Init failed");
+            return -1;
+        }
+        mpi_we_init = 1;
+        atexit(mpi_exit);
+    }
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (size != GGC_RANKS) {
+        snprintf(last_error, sizeof last_error,
+                 "this program is built for %d ranks: run it with mpirun -n %d (it runs on %d)", GGC_RANKS, GGC_RANKS,
+                 size);
+        return -1;
+    }
+    ggc_all_reduce_hook = GGC_RANKS > 1 ? all_reduce_mpi : NULL;
+    ggc_all_gather_hook = GGC_RANKS > 1 ? all_gather_mpi : NULL;
+    return rank;
+}
+#else
+static int mpi_start(void) {
+    if (GGC_RANKS == 1) return 0;
+    snprintf(last_error, sizeof last_error,
+             "this program is built for %d ranks but without MPI: rebuild with make MPI=1 and run it with mpirun -n %d",
+             GGC_RANKS, GGC_RANKS);
+    return -1;
+}
+#endif
 const char *ggc_model_error(const ggc_model *m) { (void)m; return ""; }
 /* n_kv rounds up to a multiple of 256, as llama.cpp pads it; 0 (or less) = all cells. Only
  * FLASH_ATTN_EXT reads it. Without flash attention llama.cpp's graph does the attention as
@@ -81,9 +181,13 @@ int ggc_model_argmax(ggc_model *m, size_t offset, int64_t n, int64_t *index) {
 }
 
 ggc_model *ggc_model_create(void) {
+    snprintf(last_error, sizeof last_error, "out of memory");
     if (GGC_N_GRAPHS > 16) return NULL;
+    const int rank = mpi_start();
+    if (rank < 0) return NULL;
     ggc_model *m = calloc(1, sizeof *m);
     if (!m) return NULL;
+    m->rank = rank;
     m->arena = aligned_zalloc(GGC_ARENA_SIZE);
     if (!m->arena) goto fail;
     for (int g = 0; g < GGC_N_GRAPHS; g++) {
@@ -112,6 +216,9 @@ fail:
 
 void ggc_model_free(ggc_model *m) {
     if (!m) return;
+#ifdef GGC_MPI
+    mpi_release(); /* the next all-reduce grows it again */
+#endif
     free(m->arena);
     for (int g = 0; g < 16; g++) free(m->nodes[g]);
     free(m->work.data);
@@ -119,8 +226,10 @@ void ggc_model_free(ggc_model *m) {
 }
 
 int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err_len) {
-    return ggc_gguf_load(path, m->arena, err, err_len);
+    return ggc_gguf_load(path, m->arena, m->rank, err, err_len);
 }
+
+int ggc_model_rank(const ggc_model *m) { return m->rank; }
 
 int ggc_model_n_graphs(void) { return GGC_N_GRAPHS; }
 const char *ggc_model_graph_name(int g) { return valid_graph(g) ? GGC_GRAPHS[g].name : NULL; }

@@ -9,6 +9,9 @@
  *
  * All tensors live in one arena: [ weights | state | io | scratch ]. Inputs keep their values
  * across runs; the state (KV cache) persists; outputs are valid until the next run.
+ *
+ * A tensor-parallel program (built for several ranks) runs as one process a rank under mpirun,
+ * every rank making the same calls: ggc_model_create joins MPI, runs are collective.
  */
 #ifndef GGC_MODEL_H
 #define GGC_MODEL_H
@@ -46,6 +49,10 @@ void ggc_model_free(ggc_model *m);
  * offsets and sizes inside the file) and each tensor's type and shape against the program.
  * Returns 0, or -1 with a message in err. */
 int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err_len);
+
+/* This process's rank in a tensor-parallel program (GGC_RANKS processes run it under mpirun, each
+ * with its share of the split weights): 0 .. ranks - 1; 0 in a program of one rank. */
+int ggc_model_rank(const ggc_model *m);
 
 /* A program may hold several graphs over the same arena (weights and state shared), for example
  * "prefill" and "decode"; graph 0 is the default of the calls without a graph argument. */

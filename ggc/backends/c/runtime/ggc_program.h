@@ -36,8 +36,21 @@ extern const size_t GGC_STATE_OFFSET, GGC_STATE_SIZE;
    0 on the C target */
 extern const size_t GGC_HOST_SIZE;
 
-/* the GGUF loader (ggc_gguf.c): fill every weight of the arena from a file */
-int ggc_gguf_load(const char *path, char *arena, char *err, size_t err_len);
+/* Tensor parallelism: every rank runs this same program (SPMD). A split weight holds this rank's
+   equal share of its GGUF tensor along dimension dim: the file's tensor has ne[dim] * GGC_RANKS
+   elements there, and rank r loads [r * ne[dim], (r + 1) * ne[dim]). */
+typedef struct {
+    const char *name; /* the GGUF tensor */
+    int dim;
+} ggc_split_info;
+
+extern const int GGC_RANKS; /* 1: a program of one process */
+extern const ggc_split_info GGC_SPLITS[];
+extern const int GGC_N_SPLITS;
+
+/* the GGUF loader (ggc_gguf.c): fill every weight of the arena from a file, split weights with
+   rank's share (0 <= rank < GGC_RANKS) */
+int ggc_gguf_load(const char *path, char *arena, int rank, char *err, size_t err_len);
 
 #ifdef __cplusplus
 }

@@ -201,7 +201,7 @@ int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err
         snprintf(err, err_len, "%s: out of host memory for %zu bytes of weights", path, GGC_STATE_OFFSET);
         return -1;
     }
-    int rc = ggc_gguf_load(path, host, err, err_len);
+    int rc = ggc_gguf_load(path, host, 0, err, err_len);
     if (rc == 0 && GGC_HOST_SIZE) memcpy(m->host, host, GGC_HOST_SIZE);
     if (rc == 0 && cudaMemcpy(m->device, host + GGC_HOST_SIZE, GGC_STATE_OFFSET - GGC_HOST_SIZE,
                               cudaMemcpyHostToDevice) != cudaSuccess) {

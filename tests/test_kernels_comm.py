@@ -1,0 +1,63 @@
+"""The ALL_REDUCE kernel (ggc_comm.c) on one rank: ggml has no such op, so its contract is checked
+directly: dst = src0, then the runtime's hook (the sum over ranks) on dst, in place or not."""
+
+from __future__ import annotations
+
+import ctypes as C
+
+import numpy as np
+
+from ggc.backends.c.abi import CWork, host_node, kernel_name, load_library, run_node
+from ggc.ir.graph import Tensor
+from ggc.ir.types import contiguous_strides, get_type
+
+F32 = get_type("f32")
+NE = (16, 3, 2, 1)
+HOOK = C.CFUNCTYPE(None, C.POINTER(C.c_float), C.c_int64)
+
+
+def all_reduce() -> Tensor:
+    nb = contiguous_strides(F32, NE)
+    src = Tensor(0, F32, NE, nb, name="y")  # type: ignore[arg-type]
+    return Tensor(1, F32, NE, nb, op="ALL_REDUCE", src=[src], name="z")  # type: ignore[arg-type]
+
+
+def values() -> np.ndarray:
+    return np.random.default_rng(7).standard_normal(int(np.prod(NE))).astype(np.float32)
+
+
+def test_kernel_name() -> None:
+    assert kernel_name(all_reduce()) == "ggc_op_all_reduce"
+
+
+def test_one_rank_is_a_copy() -> None:
+    x = values()
+    assert run_node(all_reduce(), [x.tobytes()]) == x.tobytes()
+
+
+def test_in_place() -> None:
+    t, x = all_reduce(), values()
+    node, _dst, bufs = host_node(t, [x.tobytes()])
+    node.dst.data = node.src[0].data  # dst is src0's memory, as the planner may lay it out
+    load_library().ggc_op_all_reduce(C.byref(node), C.byref(CWork()))
+    assert bufs[0].raw == x.tobytes()
+
+
+def test_hook_sums_dst_after_the_copy() -> None:
+    """The hook gets dst and its element count: a stand-in for two ranks with equal values doubles them."""
+    lib, t, x = load_library(), all_reduce(), values()
+    seen: list[int] = []
+
+    def twice(data: C.POINTER(C.c_float), n: int) -> None:  # type: ignore[valid-type]
+        seen.append(n)
+        a = np.ctypeslib.as_array(data, (n,))
+        a += a
+
+    cb = HOOK(twice)
+    hook = C.c_void_p.in_dll(lib, "ggc_all_reduce_hook")
+    hook.value = C.cast(cb, C.c_void_p).value
+    try:
+        out = np.frombuffer(run_node(t, [x.tobytes()], lib=lib), np.float32)
+    finally:
+        hook.value = None
+    assert seen == [x.size] and np.array_equal(out, 2 * x)
