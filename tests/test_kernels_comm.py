@@ -61,3 +61,47 @@ def test_hook_sums_dst_after_the_copy() -> None:
     finally:
         hook.value = None
     assert seen == [x.size] and np.array_equal(out, 2 * x)
+
+
+# ---- ALL_GATHER: every rank's part along dim, interleaved into the whole
+GATHER_HOOK = C.CFUNCTYPE(None, C.c_void_p, C.c_size_t, C.c_void_p)
+
+
+def all_gather(dim: int, ranks: int) -> Tensor:
+    part = list(NE)
+    part[dim] //= ranks if NE[dim] % ranks == 0 else 1
+    pne = tuple(part)
+    src = Tensor(0, F32, pne, contiguous_strides(F32, pne), name="y")  # type: ignore[arg-type]
+    whole = tuple(n * (ranks if k == dim else 1) for k, n in enumerate(pne))
+    return Tensor(1, F32, whole, contiguous_strides(F32, whole), op="ALL_GATHER",  # type: ignore[arg-type]
+                  params={"dim": dim}, src=[src], name="z")
+
+
+def test_gather_on_one_rank_is_a_copy() -> None:
+    t = all_gather(1, 1)
+    x = np.random.default_rng(3).standard_normal(t.src[0].nelements).astype(np.float32)
+    assert run_node(t, [x.tobytes()]) == x.tobytes()
+
+
+def test_gather_interleaves_the_parts_along_their_dim() -> None:
+    """A stand-in for 2 ranks: rank 1's part is rank 0's plus 100. The whole must be the two parts
+    side by side along dim, for every index of the other dims."""
+    lib = load_library()
+    for dim in (0, 1, 2):
+        t = all_gather(dim, 2)
+        x = np.random.default_rng(dim).standard_normal(t.src[0].nelements).astype(np.float32)
+
+        def gather(part: int, nbytes: int, dst: int) -> None:
+            p = np.frombuffer(C.string_at(part, nbytes), np.float32)
+            C.memmove(dst, np.concatenate([p, p + 100]).tobytes(), 2 * nbytes)
+
+        cb = GATHER_HOOK(gather)
+        hook = C.c_void_p.in_dll(lib, "ggc_all_gather_hook")
+        hook.value = C.cast(cb, C.c_void_p).value
+        try:
+            out = np.frombuffer(run_node(t, [x.tobytes()], lib=lib), np.float32)
+        finally:
+            hook.value = None
+        part = x.reshape(t.src[0].ne[::-1])
+        want = np.concatenate([part, part + 100], axis=3 - dim)
+        assert np.array_equal(out, want.reshape(-1)), dim
