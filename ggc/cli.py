@@ -125,15 +125,14 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     model = _model_arg(a)
     t0 = time.perf_counter()
-    target: object = a.target
+    evaluator = a.target
     if a.ranks > 1:
         if a.target != "c":
             raise GgcError("verify --ranks needs --target c (MPI ranks of the generated C program)")
         from .oracle.ranks import ranks_evaluator
 
-        target = ranks_evaluator(a.ranks)
-    res = verify_model(model, a.tokens, a.outputs, _session_opts(a), target=target,  # type: ignore[arg-type]
-                       graph_file=a.graph)
+        evaluator = ranks_evaluator(a.ranks)
+    res = verify_model(model, a.tokens, a.outputs, _session_opts(a), target=evaluator, graph_file=a.graph)
     print(format_table(res.results, "1-rank" if a.ranks > 1 else "chained"))
     what = "decode" if a.tokens == 1 else "prefill"
     target = {"ggml": "ggml-cpu (rebuilt from the IR)"}.get(a.target, f"{a.target} (generated program, each group "

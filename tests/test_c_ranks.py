@@ -122,17 +122,23 @@ def run_ranks(tmp_path: Path, wtype: str, split: int, model: Path, x: np.ndarray
     return r, outs
 
 
+def product_on_ranks(tmp_path: Path, wtype: str, split: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A @ x with A split along `split`, on RANKS processes: the whole product (from numpy, on the
+    activations as the kernel quantizes them) and each rank's result."""
+    program(tmp_path, wtype, split=split)
+    a = write_gguf(tmp_path / "a.gguf", wtype)
+    x = np.random.default_rng(seed).standard_normal(K).astype(np.float32)
+    r, outs = run_ranks(tmp_path, wtype, split, tmp_path / "a.gguf", x)
+    assert r.returncode == 0 and len(outs) == RANKS, r.stdout + r.stderr
+    return a.astype(np.float64) @ activations(x, wtype).astype(np.float64), outs
+
+
 @pytest.mark.parametrize("wtype", ["f32", "q8_0", "q4_0"])
 def test_split_columns_all_reduce(tmp_path: Path, wtype: str) -> None:
     """Each rank multiplies its half of the columns of A by its half of x; ALL_REDUCE sums them:
     every rank gets the whole product, the same bits on both."""
-    program(tmp_path, wtype, split=0)
-    a = write_gguf(tmp_path / "a.gguf", wtype)
-    x = np.random.default_rng(5).standard_normal(K).astype(np.float32)
-    r, z = run_ranks(tmp_path, wtype, 0, tmp_path / "a.gguf", x)
-    assert r.returncode == 0 and len(z) == RANKS, r.stdout + r.stderr
     # each rank's q8_0 activations are the whole x's blocks: the split is on a block boundary
-    want = a.astype(np.float64) @ activations(x, wtype).astype(np.float64)
+    want, z = product_on_ranks(tmp_path, wtype, 0, seed=5)
     np.testing.assert_allclose(z[0], want, rtol=1e-5, atol=1e-4)
     assert z[0].tobytes() == z[1].tobytes()
 
@@ -140,12 +146,7 @@ def test_split_columns_all_reduce(tmp_path: Path, wtype: str) -> None:
 @pytest.mark.parametrize("wtype", ["f32", "q8_0"])
 def test_split_rows(tmp_path: Path, wtype: str) -> None:
     """Each rank holds N / 2 rows of A and computes those outputs; nothing to reduce."""
-    program(tmp_path, wtype, split=1)
-    a = write_gguf(tmp_path / "a.gguf", wtype)
-    x = np.random.default_rng(6).standard_normal(K).astype(np.float32)
-    r, y = run_ranks(tmp_path, wtype, 1, tmp_path / "a.gguf", x)
-    assert r.returncode == 0 and len(y) == RANKS, r.stdout + r.stderr
-    want = a.astype(np.float64) @ activations(x, wtype).astype(np.float64)
+    want, y = product_on_ranks(tmp_path, wtype, 1, seed=6)
     for k in range(RANKS):
         np.testing.assert_allclose(y[k], want[k * N // RANKS : (k + 1) * N // RANKS], rtol=1e-5, atol=1e-4)
 

@@ -4,6 +4,8 @@ directly: dst = src0, then the runtime's hook (the sum over ranks) on dst, in pl
 from __future__ import annotations
 
 import ctypes as C
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -20,6 +22,17 @@ def all_reduce() -> Tensor:
     nb = contiguous_strides(F32, NE)
     src = Tensor(0, F32, NE, nb, name="y")  # type: ignore[arg-type]
     return Tensor(1, F32, NE, nb, op="ALL_REDUCE", src=[src], name="z")  # type: ignore[arg-type]
+
+
+@contextmanager
+def hooked(lib: C.CDLL, name: str, cb: C._CFuncPtr) -> Iterator[None]:
+    """The library's hook `name` set to a Python stand-in for the runtime's collective, for a while."""
+    hook = C.c_void_p.in_dll(lib, name)
+    hook.value = C.cast(cb, C.c_void_p).value
+    try:
+        yield
+    finally:
+        hook.value = None
 
 
 def values() -> np.ndarray:
@@ -54,12 +67,8 @@ def test_hook_sums_dst_after_the_copy() -> None:
         a += a
 
     cb = HOOK(twice)
-    hook = C.c_void_p.in_dll(lib, "ggc_all_reduce_hook")
-    hook.value = C.cast(cb, C.c_void_p).value
-    try:
+    with hooked(lib, "ggc_all_reduce_hook", cb):
         out = np.frombuffer(run_node(t, [x.tobytes()], lib=lib), np.float32)
-    finally:
-        hook.value = None
     assert seen == [x.size] and np.array_equal(out, 2 * x)
 
 
@@ -96,12 +105,8 @@ def test_gather_interleaves_the_parts_along_their_dim() -> None:
             C.memmove(dst, np.concatenate([p, p + 100]).tobytes(), 2 * nbytes)
 
         cb = GATHER_HOOK(gather)
-        hook = C.c_void_p.in_dll(lib, "ggc_all_gather_hook")
-        hook.value = C.cast(cb, C.c_void_p).value
-        try:
+        with hooked(lib, "ggc_all_gather_hook", cb):
             out = np.frombuffer(run_node(t, [x.tobytes()], lib=lib), np.float32)
-        finally:
-            hook.value = None
         part = x.reshape(t.src[0].ne[::-1])
         want = np.concatenate([part, part + 100], axis=3 - dim)
         assert np.array_equal(out, want.reshape(-1)), dim

@@ -49,7 +49,7 @@ def test_views_that_do_not_see_the_split_are_refused(ne: tuple, nb: tuple, offs:
 
 # ---- whole models
 def _split(parts) -> dict[str, int]:  # noqa: ANN001
-    return parts[1].split_weights()
+    return parts[1].graph.split_weights()
 
 
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "sum"])
@@ -57,7 +57,7 @@ def _split(parts) -> dict[str, int]:  # noqa: ANN001
 def test_attention_and_ffn_split_on_every_architecture(arch: str, exact: bool) -> None:
     graphs = _graphs(arch, "f16")
     parts = partition(graphs, 2, exact=exact)
-    assert parts[0].split_weights() == parts[1].split_weights()  # prefill and decode agree
+    assert parts[0].graph.split_weights() == parts[1].graph.split_weights()  # prefill and decode agree
     split = _split(parts)
     n_layer = 2
     # exact: every product splits its rows, and what reads a split result whole reads it gathered;

@@ -76,10 +76,6 @@ class Partitioned:
     ranks: int
     origin: dict[int, Local] = field(default_factory=dict)  # local tensor id -> captured tensor
 
-    def split_weights(self) -> dict[str, int]:
-        return {t.data.name: t.data.split for t in self.graph.leafs
-                if isinstance(t.data, GgufData) and t.data.split is not None}
-
 
 def _is_weight(t: Tensor) -> bool:
     return t.is_leaf and t.view_src is None and isinstance(t.data, GgufData)
@@ -526,7 +522,7 @@ def summary(parts: Sequence[Partitioned]) -> str:
         g = part.graph
         w_local = sum(t.nbytes for t in g.leafs if isinstance(t.data, GgufData))
         w_whole = sum(part.origin[t.id].tensor.nbytes for t in g.leafs if isinstance(t.data, GgufData))
-        n_split = sum(1 for t in g.leafs if isinstance(t.data, GgufData) and t.data.split is not None)
+        n_split = len(g.split_weights())
         n_w = sum(1 for t in g.leafs if isinstance(t.data, GgufData))
         comm = [t for t in g.nodes if t.op in ("ALL_REDUCE", "ALL_GATHER")]
         kinds = ", ".join(f"{sum(t.op == op for t in comm)} {op.lower().replace('_', '-')}s"

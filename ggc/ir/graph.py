@@ -109,6 +109,11 @@ class Graph:
     def leafs(self) -> list[Tensor]:
         return [t for t in self.tensors if t.is_leaf]
 
+    def split_weights(self) -> dict[str, int]:
+        """A partitioned graph's weights split across ranks: GGUF name -> the dimension split."""
+        return {t.data.name: t.data.split for t in self.leafs
+                if isinstance(t.data, GgufData) and t.data.split is not None}
+
     def by_name(self, name: str) -> Tensor | None:
         return next((t for t in self.tensors if t.name == name), None)
 

@@ -26,12 +26,9 @@ from ..compiler.passes import root
 from ..errors import GgcError
 from ..ir.graph import Graph, Tensor
 from .compare import NodeResult, nmse, threshold_of, to_float
+from .targets import Values, run_checked
 
 GLOBAL_GRAPH = "graph.ggraph"
-# node values after their own group ran on reference inputs, and after the whole program ran
-Values = tuple[dict[int, bytes], dict[int, bytes]]
-
-
 def _items(t: Tensor) -> tuple[tuple[int, ...], int]:
     """t's addressable items (elements, or blocks of a quantized type) per dim, and their width."""
     return (t.ne[0] // t.type.blck_size, *t.ne[1:]), t.type.type_size
@@ -58,36 +55,6 @@ def part_value(cap: Tensor, data: bytes, lt: Tensor, split: int | None, rank: in
     lne, _ = _items(lt)
     out[_offsets(lne, lt.nb, width)] = vals
     return out.tobytes()
-
-
-def run_checked(prog, graph: Graph, leafs: dict[int, bytes],  # noqa: ANN001 - a CProgram
-                reference: Callable[[Tensor, bytes], bytes | None]) -> Values:
-    """Each kernel group on the reference's values for its inputs (reference(t, current bytes): t's
-    value, None to keep the program's own), then the whole program on its own values."""
-    p = prog.plan
-    group_of = {t.id: g for g in p.groups for t in g.nodes}
-
-    def reset_leafs() -> None:
-        for t in graph.leafs:
-            if t.id in leafs and p.has_memory(t):
-                prog.set(t, leafs[t.id])
-
-    reset_leafs()
-    per_group: dict[int, bytes] = {}
-    done: set[int] = set()
-    for t in graph.nodes:
-        g = group_of.get(t.id)
-        if g is not None and g.id not in done:
-            for s in g.inputs():
-                if not s.is_leaf and p.has_memory(s) and (v := reference(s, prog.get(s))) is not None:
-                    prog.set(s, v)
-            prog.run_group(g.id)
-            done.add(g.id)
-        if p.has_memory(t):
-            per_group[t.id] = prog.get(t)
-    reset_leafs()
-    prog.run()
-    return per_group, {t.id: prog.get(t) for t in graph.nodes if p.has_memory(t)}
 
 
 def eval_ranks(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],

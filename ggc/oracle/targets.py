@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..compiler.passes import root
 from ..errors import GgcError
-from ..ir.graph import Graph
+from ..ir.graph import Graph, Tensor
 from .compare import NodeResult, compare, nmse, threshold_of, to_float
 from .rebuild import Rebuilt, leaf_source
 
@@ -31,6 +31,40 @@ def eval_ggml(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[i
     return results
 
 
+# node values after their own group ran on reference inputs, and after the whole program ran
+Values = tuple[dict[int, bytes], dict[int, bytes]]
+
+
+def run_checked(prog, graph: Graph, leafs: dict[int, bytes],  # noqa: ANN001 - a CProgram
+                reference: Callable[[Tensor, bytes], bytes | None]) -> Values:
+    """Each kernel group on the reference's values for its inputs (reference(t, current bytes): t's
+    value, None to keep the program's own), then the whole program on its own values."""
+    p = prog.plan
+    group_of = {t.id: g for g in p.groups for t in g.nodes}
+
+    def reset_leafs() -> None:
+        for t in graph.leafs:
+            if t.id in leafs and p.has_memory(t):
+                prog.set(t, leafs[t.id])
+
+    reset_leafs()
+    per_group: dict[int, bytes] = {}
+    done: set[int] = set()
+    for t in graph.nodes:
+        g = group_of.get(t.id)
+        if g is not None and g.id not in done:
+            for s in g.inputs():
+                if not s.is_leaf and p.has_memory(s) and (v := reference(s, prog.get(s))) is not None:
+                    prog.set(s, v)
+            prog.run_group(g.id)
+            done.add(g.id)
+        if p.has_memory(t):
+            per_group[t.id] = prog.get(t)
+    reset_leafs()
+    prog.run()
+    return per_group, {t.id: prog.get(t) for t in graph.nodes if p.has_memory(t)}
+
+
 def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],
            workdir: str | Path | None = None, target: str = "c") -> list[NodeResult]:
     from ..runtime.cprogram import CProgram
@@ -43,41 +77,22 @@ def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int,
         out = Path(workdir or tmp) / "program"
         compiled = compile_fn(graph, out, debug=True, source=Path(gguf).name)
         p = compiled.plan
-        group_of = {t.id: g for g in p.groups for t in g.nodes}
         with CProgram(compiled) as prog:
             prog.load_weights(gguf)
-
-            def reset_leafs() -> None:
-                for t in graph.leafs:
-                    if t.id in leafs and p.has_memory(t):
-                        prog.set(t, leafs[t.id])
-
-            reset_leafs()
-            results: dict[int, NodeResult] = {}
-            done: set[int] = set()
-            for t in graph.nodes:
-                g = group_of.get(t.id)
-                if g is not None and g.id not in done:
-                    for s in g.inputs():
-                        if not s.is_leaf and p.has_memory(s):
-                            prog.set(s, expected[s.id])
-                    prog.run_group(g.id)
-                    done.add(g.id)
-                if not p.has_memory(t):
-                    # a view of a result that its group keeps to itself (K roped into the cache) is fused too
-                    note = "fused" if group_of.get(root(t).id) is not None else "dead"
-                    if note == "dead":
-                        raise GgcError(f"{t.label()}: the program drops a node the reference computed")
-                    results[t.id] = NodeResult(t, 0.0, threshold_of(t), note=note)
-                else:
-                    results[t.id] = compare(t, expected[t.id], prog.get(t))
-            # the whole program on its own values
-            reset_leafs()
-            prog.run()
-            for t in graph.nodes:
-                if p.has_memory(t):
-                    results[t.id].chained = nmse(to_float(t, expected[t.id]), to_float(t, prog.get(t)))
-    return [results[t.id] for t in graph.nodes]
+            per_group, whole = run_checked(prog, graph, leafs, lambda t, _current: expected[t.id])
+    fused = {t.id for g in p.groups for t in g.nodes}
+    results = []
+    for t in graph.nodes:
+        if not p.has_memory(t):
+            # a view of a result that its group keeps to itself (K roped into the cache) is fused too
+            if root(t).id not in fused:
+                raise GgcError(f"{t.label()}: the program drops a node the reference computed")
+            results.append(NodeResult(t, 0.0, threshold_of(t), note="fused"))
+        else:
+            r = compare(t, expected[t.id], per_group[t.id])
+            r.chained = nmse(to_float(t, expected[t.id]), to_float(t, whole[t.id]))
+            results.append(r)
+    return results
 
 
 def eval_cuda(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes]) -> list[NodeResult]:

@@ -71,8 +71,7 @@ class CProgram:
         L.ggc_model_set_threads.restype = C.c_int
         L.ggc_model_last_run_ms.restype, L.ggc_model_last_run_ms.argtypes = C.c_double, [C.c_void_p]
         L.ggc_model_profile_graph.argtypes = [C.c_void_p, C.c_int, C.POINTER(C.c_float)]
-        if hasattr(L, "ggc_model_rank"):  # the CUDA runtime runs one rank and lacks it
-            L.ggc_model_rank.argtypes = [C.c_void_p]
+        L.ggc_model_rank.argtypes = [C.c_void_p]
         if L.ggc_model_arena_size() != self.plan.size:
             raise GgcError(f"{lib_path}: the built program does not match its plan")
         self.m = L.ggc_model_create()
@@ -84,7 +83,7 @@ class CProgram:
     @property
     def rank(self) -> int:
         """This process's rank in a tensor-parallel program (run under mpirun, ranks.py); 0 otherwise."""
-        return int(self.lib.ggc_model_rank(self.m)) if hasattr(self.lib, "ggc_model_rank") else 0
+        return int(self.lib.ggc_model_rank(self.m))
 
     def close(self) -> None:
         if getattr(self, "m", None):

@@ -23,7 +23,7 @@ from ...compiler.arena import Plan, check, plan_shared
 from ...compiler.passes import NO_FUSION, Fusion, Group
 from ...errors import GgcError
 from ...ir import params as prm
-from ...ir.graph import GgufData, Graph, Tensor
+from ...ir.graph import Graph, Tensor
 from .abi import KERNEL_DIR, c_type_name, kernel_name, load_library, op_param_words
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
@@ -67,11 +67,10 @@ def split_weights(plans: list[Plan]) -> dict[str, int]:
     """The weights split across ranks: GGUF name -> the dimension split."""
     out: dict[str, int] = {}
     for p in plans:
-        for t in p.graph.leafs:
-            if isinstance(t.data, GgufData) and t.data.split is not None:
-                if out.setdefault(t.data.name, t.data.split) != t.data.split:
-                    raise GgcError(f"{t.label()}: GGUF tensor {t.data.name!r} is split along dimension "
-                                   f"{t.data.split} here and {out[t.data.name]} in another graph")
+        for name, dim in p.graph.split_weights().items():
+            if out.setdefault(name, dim) != dim:
+                raise GgcError(f"GGUF tensor {name!r} is split along dimension {dim} in one graph of the program "
+                               f"and {out[name]} in another")
     return out
 
 

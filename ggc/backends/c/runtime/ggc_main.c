@@ -73,11 +73,7 @@ int main(int argc, char **argv) {
         ggc_model_free(m);
         return die(err, NULL);
     }
-#ifdef GGC_MPI
     const int rank = ggc_model_rank(m);
-#else
-    const int rank = 0; /* the CUDA runtime, which has no ggc_model_rank, runs one rank */
-#endif
     int runs = 1, rc = 0;
     for (int a = 2; a < argc && rc == 0; a++) {
         char name[256];

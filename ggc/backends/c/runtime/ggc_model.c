@@ -2,7 +2,7 @@
  *
  * A program of several ranks (GGC_RANKS > 1, tensor parallelism) is built with GGC_MPI (make
  * MPI=1) and run with mpirun, one process a rank: the runtime initializes MPI and gives the
- * kernels' ALL_REDUCE its sum over ranks.
+ * kernels' ALL_REDUCE and ALL_GATHER their collectives.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* clock_gettime; the Makefile sets it too */

@@ -349,6 +349,8 @@ void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv) {
     m->n_kv = n_kv <= 0 ? 0 : (n_kv + kKvPad - 1) / kKvPad * kKvPad;
 }
 
+int ggc_model_rank(const ggc_model *m) { (void)m; return 0; } /* one GPU, one rank */
+
 int ggc_model_n_graphs(void) { return GGC_N_GRAPHS; }
 const char *ggc_model_graph_name(int g) { return valid_graph(g) ? GGC_GRAPHS[g].name : nullptr; }
 int ggc_model_find_graph(const char *name) {
