@@ -35,7 +35,10 @@ def test_generated_program_builds(arch: str, tmp_path: Path, monkeypatch: pytest
     assert "cudaMalloc" in (out / "ggc_model_cuda.cu").read_text()
     # generated kernels take part in programmatic dependent launch as the library's do
     program = (out / "program.cu").read_text()
-    assert "<<<" not in program and program.count("__global__") == program.count("GGC_PDL_BEGIN();") > 0
+    from tests.test_cuda_launches import kernels_without_wait
+
+    assert "<<<" not in program and program.count("__global__") > 0 and kernels_without_wait(program) == []
+    assert "GGC_PDL_WAIT_UNLESS(1);" in program  # the norm groups read their weight before the wait
     build(compiled, target="all")
     lib = out / "libmodel.so"
     assert lib.exists() and (out / "model").exists()

@@ -226,3 +226,14 @@ OPS = ("MUL_MAT", "MUL_MAT_ID", "GET_ROWS", "SET_ROWS", "CPY", "CONT", "DUP")
 def test_node_matches_ggml(name: str) -> None:
     results = assert_ok(NODES[name], OPS)
     print(name, " ".join(f"{r.tensor.op}:{r.nmse:.1e}" for r in results))
+
+
+@pytest.mark.parametrize(("t", "k"), [("q4_0", 1280), ("q8_0", 4608), ("q4_K", 1280), ("q6_K", 4608)])
+def test_one_column_product_with_fewer_blocks_than_groups(t: str, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ggc_k_gemv1 on a grid smaller than its row groups (GGC_GEMV1_BLOCKS=3, as on a 7B product where the
+    device holds fewer blocks than groups): each block covers several groups, loading the next group's
+    weights before it dots the current one (k = 4608: a thread's several sub-blocks a row, then the next
+    group's first)."""
+    monkeypatch.setenv("GGC_GEMV1_BLOCKS", "3")
+    assert_ok(_mul_mat(t, 1, k=k), OPS)
+

@@ -106,6 +106,8 @@ class KernelABI:
     # a fused group that runs as one library kernel call: (the op whose kernel and params it uses,
     # the node's dst, its sources), or None: the group is generated code (abi.fused)
     call_node: Callable[[Group], Call | None] | None = None
+    # context fields a library call sets beyond the defaults ("w_const = 1"), or None: none
+    ctx_fields: Callable[[Call], list[str]] | None = None
 
     def calls(self, p: Plan) -> dict[int, Call]:
         """Each group that is a library kernel call, by group id: every unfused node, and the fused
@@ -209,9 +211,12 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
             lines.append(f"    case {grp.id}: group_{gi}_{grp.id}(arena, w); break;")
             continue
         call = f"{abi.kernel(c.op)}(&n[{nindex[grp.id]}]"
-        if grp.id in reuse:
-            lines.append(f"    case {grp.id}: {{ {abi.ctx_type.removeprefix('const ')} c = *w; c.act_ready = 1; "
-                         f"{call}, &c); break; }}  /* {c.op.label()}: src1 converted */")
+        fields = (["act_ready = 1"] if grp.id in reuse else []) + (abi.ctx_fields(c) if abi.ctx_fields else [])
+        if fields:
+            sets = "".join(f"c.{f}; " for f in fields)
+            lines.append(f"    case {grp.id}: {{ {abi.ctx_type.removeprefix('const ')} c = *w; {sets}"
+                         f"{call}, &c); break; }}  /* {c.op.label()}"
+                         + (": src1 converted */" if grp.id in reuse else " */"))
         else:
             lines.append(f"    case {grp.id}: {call}, w); break;  /* {c.op.label()} */")
     lines += ["    default: break;", "    }", "}", ""]

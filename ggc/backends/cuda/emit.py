@@ -76,14 +76,19 @@ def _has_cuda_symbol(name: str) -> bool:
     return name in cuda_symbols()
 
 
-def _chain_lines(p: Plan, nodes: list[Tensor], indent: str) -> list[str]:
-    """v = op(v, b) for each elementwise node, b read with ggml's broadcast at (i0, i1, i2, i3)."""
+def _operand(p: Plan, s: Tensor) -> str:
+    """An elementwise node's second operand at (i0, i1, i2, i3), with ggml's broadcast."""
+    return f"(*(const float *)(arena + {p.offset_of(s)} + {_index_expr(s, True)}))"
+
+
+def _chain_lines(p: Plan, nodes: list[Tensor], indent: str, held: dict[int, str] | None = None) -> list[str]:
+    """v = op(v, b) for each elementwise node, b read with ggml's broadcast at (i0, i1, i2, i3), or from
+    the register held[node id] names."""
     lines = []
     for t in nodes:
         b = ""
         if len(t.src) > 1 and t.src[1] is not None:
-            s = t.src[1]
-            b = f"(*(const float *)(arena + {p.offset_of(s)} + {_index_expr(s, True)}))"
+            b = (held or {}).get(t.id) or _operand(p, t.src[1])
         pr = t.params
         expr = FUSED_EXPR[t.op].format(b=b, m=_f(pr.get("s", 0.0)), s=_f(pr.get("b", 0.0)),
                                        lo=_f(pr.get("min", 0.0)), hi=_f(pr.get("max", 0.0)))
@@ -132,16 +137,26 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     load = f"*(const float *)(arena + {p.offset_of(src)} + {_index_expr(src, False)})"
     idx = (f"const int64_t i0 = threadIdx.x + (int64_t)k * {nt}; if (i0 >= {ne0}) break;")
     quant = grp.id + 1 < len(p.groups) and _quantizes_for(grp, p.groups[grp.id + 1])
+    # the chain's constant operands (the norm's weight), held in registers: read before the PDL wait
+    consts = [t for t in grp.nodes[1:] if cache and len(t.src) > 1 and t.src[1] is not None
+              and t.src[1].is_leaf and t.src[1].data is not None]
+    held = {t.id: f"c{j}[k]" for j, t in enumerate(consts)}
     lines = [f"/* fused rows: {' -> '.join(t.op for t in grp.nodes)} ({last.label()})"
              + (", and its q8_0 activations */" if quant else " */"),
              f"__global__ void __launch_bounds__({nt}) {name}_kernel(char *arena, char *work) {{",
-             "    GGC_PDL_BEGIN();",
+             "    GGC_PDL_WAIT_UNLESS(1);" if consts else "    GGC_PDL_BEGIN();",
              "    __shared__ float red[32];",
              "    const int64_t r = blockIdx.x;",
-             f"    const int64_t i1 = r % {ne[1]}, i2 = (r / {ne[1]}) % {ne[2]}, i3 = r / {ne[1] * ne[2]};",
-             f"    float x[{per if cache else 1}], s = 0.0f, mean = 0.0f;",
-             "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}",
-             f"        const float a = {load};"]
+             f"    const int64_t i1 = r % {ne[1]}, i2 = (r / {ne[1]}) % {ne[2]}, i3 = r / {ne[1] * ne[2]};"]
+    if consts:
+        regs = ", ".join(f"c{j}[{per}]" for j in range(len(consts)))
+        lines += [f"    float {regs};  /* constants: before the wait */",
+                  "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}"]
+        lines += [f"        c{j}[k] = {_operand(p, t.src[1])};" for j, t in enumerate(consts)]
+        lines += ["    }", "    GGC_PDL_AFTER_PREFETCH(1);"]
+    lines += [f"    float x[{per if cache else 1}], s = 0.0f, mean = 0.0f;",
+              "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}",
+              f"        const float a = {load};"]
     lines += [f"        x[{'k' if cache else 0}] = a;"] if cache else []
     lines += ["        s += a;" if head.op == "NORM" else "        s = fmaf(a, a, s);", "    }",
               "    s = ggc_block_sum(s, red);"]
@@ -153,7 +168,7 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     lines += [f"    const float scale = 1.0f / sqrtf(s / {ne0}.0f + {eps}f);",
               "#pragma unroll", f"    for (int k = 0; k < {per}; k++) {{", f"        {idx}",
               f"        float v = ({'x[k]' if cache else load} - mean) * scale;  /* {head.label()} {head.op} */"]
-    lines += _chain_lines(p, grp.nodes[1:], "        ")
+    lines += _chain_lines(p, grp.nodes[1:], "        ", held)
     lines += [f"        *(float *)(arena + {p.offset_of(last)} + {_index_expr(last, False)}) = v;"]
     if quant:
         lines += ["        ggc_q8a_quant_warp<GGC_ACTQ_Q8_0>(v, threadIdx.x & 31, (int8_t *)work + (i0 & ~31),",
@@ -260,9 +275,19 @@ def regrouped_weights(plans: list[Plan]) -> set[str]:
     return {n for n, good in ok.items() if good}
 
 
+def _const_weights(c: Call) -> list[str]:
+    """A MUL_MAT call whose weights (src[0], and the SWIGLU's and siblings' src[3], src[4], src[6]) are
+    all model constants from the GGUF, which no kernel writes: its one-column kernel may load them before
+    the PDL wait, while the kernel before it still runs."""
+    if c.op.op != "MUL_MAT":
+        return []
+    weights = [s for i, s in enumerate(c.srcs) if i in (0, 3, 4, 6) and s is not None]
+    return ["w_const = 1"] if all(s.is_leaf and s.data is not None for s in weights) else []
+
+
 CUDA_ABI = KernelABI(op_prefix="ggc_cuda_op_", work_prefix="ggc_cuda_work_", ctx_type="const ggc_cuda_ctx",
                      linkage='extern "C" ', has_symbol=_has_cuda_symbol, fused=_fused_group_cuda,
-                     act_reuse=_act_reuse, call_node=_library_call)
+                     act_reuse=_act_reuse, call_node=_library_call, ctx_fields=_const_weights)
 
 MAKEFILE = """\
 # Build the generated CUDA program: `make` gives ./{name} (a CLI) and lib{name}.so (the C API).

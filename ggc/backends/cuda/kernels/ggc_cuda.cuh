@@ -37,6 +37,8 @@ struct ggc_cuda_ctx {
     int n_sm;         /* streaming multiprocessors of the device (0 = unknown) */
     int act_ready;    /* MUL_MAT: the work buffer holds src1 converted already (by the previous MUL_MAT of
                          the same src1 and weight type; the generated program decides) */
+    int w_const;      /* MUL_MAT: its weights (src[0], and src[3], src[4], src[6] when present) are constants
+                         of the model that no kernel writes, so they may be read before the PDL wait */
 };
 
 /* ---- error checking (host) */
@@ -67,16 +69,34 @@ struct ggc_cuda_ctx {
  * The hundreds of small kernels of a decode step then no longer pay a launch gap each. Without
  * PDL (older GPUs, GGC_PDL=0) the wait returns at once and launches are ordinary. */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define GGC_PDL_BEGIN()                                          \
-    do {                                                         \
-        asm volatile("griddepcontrol.wait;" ::: "memory");       \
-        asm volatile("griddepcontrol.launch_dependents;" :::);   \
-    } while (0)
+#define GGC_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define GGC_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" :::)
 #else
-#define GGC_PDL_BEGIN() \
-    do {                \
+#define GGC_PDL_WAIT() \
+    do {               \
+    } while (0)
+#define GGC_PDL_LAUNCH() \
+    do {                 \
     } while (0)
 #endif
+#define GGC_PDL_BEGIN()   \
+    do {                  \
+        GGC_PDL_WAIT();   \
+        GGC_PDL_LAUNCH(); \
+    } while (0)
+/* A kernel whose first reads are of constant memory alone (a product's weights, which no kernel
+ * writes) may issue them before the wait, so that they overlap the tail of the kernel before it:
+ * it starts with GGC_PDL_WAIT_UNLESS(early) and, once those loads are issued, GGC_PDL_AFTER_PREFETCH(early).
+ * When early is false it waits at the start as every other kernel does. */
+#define GGC_PDL_WAIT_UNLESS(early) \
+    do {                           \
+        if (!(early)) GGC_PDL_WAIT(); \
+    } while (0)
+#define GGC_PDL_AFTER_PREFETCH(early) \
+    do {                              \
+        if (early) GGC_PDL_WAIT();    \
+        GGC_PDL_LAUNCH();             \
+    } while (0)
 
 /* whether launches may overlap their predecessor: compute capability 9.0 or later, unless GGC_PDL=0 */
 static inline bool ggc_pdl_enabled(void) {
@@ -86,6 +106,17 @@ static inline bool ggc_pdl_enabled(void) {
         const char *env = getenv("GGC_PDL");
         on = !(env && env[0] == '0') && cudaGetDevice(&dev) == cudaSuccess &&
              cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+    }
+    return on != 0;
+}
+
+/* whether kernels may load constants before the PDL wait (GGC_PDL_WAIT_UNLESS): with PDL, unless
+ * GGC_PDL_PREFETCH=0 (for measuring what it gains) */
+static inline bool ggc_pdl_prefetch(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *env = getenv("GGC_PDL_PREFETCH");
+        on = ggc_pdl_enabled() && !(env && env[0] == '0');
     }
     return on != 0;
 }

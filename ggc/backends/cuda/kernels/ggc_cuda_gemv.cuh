@@ -88,62 +88,104 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
         }
 }
 
-/* One column (batch-1 decode): a block of 4 warps per ROWS weight rows, each thread one 32-element
- * sub-block of each row at a time (tid, tid + 128, ...), so a 4096-wide row is one load a thread and
- * the whole matrix is in flight in one wave of short-lived blocks; the activation sub-block is
- * loaded once for the ROWS rows. ncu on an H100 showed the warp-per-row kernel above latency-bound
+/* One column (batch-1 decode): a block of 4 warps per group of ROWS weight rows, each thread one
+ * 32-element sub-block of each row at a time (tid, tid + 128, ...), so a 4096-wide row is one load a
+ * thread; the activation sub-block is loaded once for the ROWS rows. The grid is at most what the
+ * device holds at once (gemv1_grid) and each block takes every gridDim.x-th group, loading the next
+ * item's weights before it dots the current one: ncu showed the one-group-a-block form, whose every
+ * block waits one DRAM round trip and exits, at 0.9-1.5 TB/s on 7B-sized products. ncu on an H100 showed the warp-per-row kernel above latency-bound
  * here (80 registers, 1.3 waves, ~20 cycles between a warp's instructions, 25% of DRAM bandwidth).
  * SWIGLU: the ROWS output rows read gate rows from a.w and up rows from a.w2 (2 ROWS weight rows) and
  * store silu(gate) * up, as ggml's SWIGLU of the two products (silu in f32: x / (1 + e^-x)). */
 #define GGC_GEMV1_THREADS 128
 template <ggc_type T, int ROWS, bool SWIGLU>
 static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const ggc_mm_args a) {
-    GGC_PDL_BEGIN();
-    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = GGC_GEMV1_THREADS / 32;
-    __shared__ float red[WR][NW];
+    GGC_PDL_WAIT_UNLESS(a.w_const);
+    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = GGC_GEMV1_THREADS / 32, NT = GGC_GEMV1_THREADS;
+    __shared__ float red[2][WR][NW]; /* by group parity: one barrier a group */
     const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
-    int64_t n0 = (int64_t)blockIdx.x * ROWS, N = a.N;
     const int64_t z = blockIdx.y;
     const uint8_t *wmat = nullptr;
-    uint8_t *dst = a.dst;
     int64_t arow, doff;
-    int cache;
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return; /* the same for the whole block */
-    ggc_mm_segment(a, ROWS, wmat, dst, N, n0, cache);       /* sibling products: this block's one */
-    const uint8_t *wr[WR];
-    ggc_mm_weight_rows<ROWS, SWIGLU>(a, wmat, n0, N, wr);
     const int nsub = (int)(a.K / 32);
+    /* row group vb: its weight rows, and (for the store) dst, rows and first row, sibling segment */
+    auto rows_of = [&](int64_t vb, const uint8_t **w) {
+        const uint8_t *wm = wmat;
+        uint8_t *d = a.dst;
+        int64_t N = a.N, n0 = vb * ROWS;
+        ggc_mm_segment(a, vb, ROWS, wm, d, N, n0);
+        ggc_mm_weight_rows<ROWS, SWIGLU>(a, wm, n0, N, w);
+    };
+    int64_t vb = blockIdx.x;
+    const uint8_t *wr[WR];
+    rows_of(vb, wr);
+    ggc_q8item<T> cur[WR];
+    /* the first sub-block of each row before the wait when the weights are constants: for a 4096-wide
+     * row that is all of it, so the loads overlap the kernel before */
+    if (tid < nsub) {
+#pragma unroll
+        for (int r = 0; r < WR; r++) cur[r].load(wr[r], tid);
+    }
+    GGC_PDL_AFTER_PREFETCH(a.w_const);
     const int8_t *__restrict__ aq = (const int8_t *)a.act + arow * a.K;
     const ggc_q8a_meta *__restrict__ am = (const ggc_q8a_meta *)a.act_aux + arow * nsub;
-    float acc[WR];
+    /* Software-pipelined over the thread's (group, sub-block) items: the next item's weights, in this
+     * group or the block's next one, are loaded (raw) before this one is decoded and dotted, so loads
+     * stay in flight across the groups of a block that covers several (grid smaller than the groups). */
+    for (int it = 0;; it++) {
+        const int64_t vn = vb + gridDim.x;
+        const bool more = vn < a.vblocks;
+        float acc[WR];
 #pragma unroll
-    for (int r = 0; r < WR; r++) acc[r] = 0.0f;
-#pragma unroll 2
-    for (int sb = tid; sb < nsub; sb += GGC_GEMV1_THREADS) {
-        int q[WR][8];
-        float2 dm[WR][2];
+        for (int r = 0; r < WR; r++) acc[r] = 0.0f;
+        for (int sb = tid; sb < nsub; sb += NT) {
+            ggc_q8item<T> nxt[WR];
+            const int nx = sb + NT;
+            const bool load = nx < nsub || more;
+            if (nx >= nsub && more) rows_of(vn, wr); /* this thread's last item of the group: the next group's rows */
+            if (load) {
 #pragma unroll
-        for (int r = 0; r < WR; r++) ggc_q8dec_at<T>(wr[r], sb, q[r], dm[r]);
-        const int4 *yp = (const int4 *)(aq + (int64_t)sb * 32);
-        const int4 y0 = __ldg(yp), y1 = __ldg(yp + 1);
-        const float4 m = __ldg((const float4 *)(am + sb));
+                for (int r = 0; r < WR; r++) nxt[r].load(wr[r], nx < nsub ? nx : tid);
+            }
+            const int4 *yp = (const int4 *)(aq + (int64_t)sb * 32);
+            const int4 y0 = __ldg(yp), y1 = __ldg(yp + 1);
+            const float4 m = __ldg((const float4 *)(am + sb));
 #pragma unroll
-        for (int r = 0; r < WR; r++) acc[r] += ggc_q8a_dot(q[r], y0, y1, m, dm[r][0], dm[r][1]);
-    }
-#pragma unroll
-    for (int r = 0; r < WR; r++) {
-        const float v = ggc_warp_sum(acc[r]);
-        if (lane == 0) red[r][warp] = v;
-    }
-    __syncthreads();
-    if (tid < ROWS && n0 + tid < N) {
-        float v = 0.0f, u = 0.0f;
-#pragma unroll
-        for (int w = 0; w < NW; w++) {
-            v += red[tid][w];
-            if (SWIGLU) u += red[ROWS + tid][w];
+            for (int r = 0; r < WR; r++) {
+                int q[8];
+                float2 dm[2];
+                cur[r].decode(q, dm);
+                acc[r] += ggc_q8a_dot(q, y0, y1, m, dm[0], dm[1]);
+                if (load) cur[r] = nxt[r];
+            }
         }
-        if (SWIGLU) v = v / (1.0f + expf(-v)) * u;
-        ggc_mm_store_row(a, dst, cache, doff, n0 + tid, v);
+        if (tid >= nsub && more) rows_of(vn, wr); /* threads without items keep up */
+        float (*rd)[NW] = red[it & 1];
+#pragma unroll
+        for (int r = 0; r < WR; r++) {
+            const float v = ggc_warp_sum(acc[r]);
+            if (lane == 0) rd[r][warp] = v;
+        }
+        __syncthreads();
+        if (tid < ROWS) {
+            const uint8_t *wm = wmat;
+            uint8_t *dst = a.dst;
+            int64_t N = a.N, n0 = vb * ROWS;
+            const int seg = ggc_mm_segment(a, vb, ROWS, wm, dst, N, n0);
+            if (n0 + tid < N) {
+                float v = 0.0f, u = 0.0f;
+#pragma unroll
+                for (int w = 0; w < NW; w++) {
+                    v += rd[tid][w];
+                    if (SWIGLU) u += rd[ROWS + tid][w];
+                }
+                if (SWIGLU) v = v / (1.0f + expf(-v)) * u;
+                const int cache = ggc_mm_segment_cache(a, seg, dst);
+                ggc_mm_store_row(a, dst, cache, doff, n0 + tid, v);
+            }
+        }
+        if (!more) break;
+        vb = vn;
     }
 }

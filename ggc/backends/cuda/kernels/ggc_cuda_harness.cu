@@ -79,6 +79,7 @@ static int run_node_impl(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *
     ctx.work = dwork;
     ctx.work_size = wsize;
     ctx.n_kv = n_kv;
+    ctx.w_const = 1; /* nothing writes the sources during the call: products load weights before the PDL wait */
     {
         int dev_id = 0;
         TRY(cudaGetDevice(&dev_id));

@@ -63,6 +63,10 @@ struct ggc_mm_args {
     const void *act_aux; /* q8a metas (mmvq) */
     int64_t act_stride;  /* elements per converted row */
     int grouped;         /* matrix-vector: z indexes weight matrices, columns cover r2 * r3 * ne11 rows */
+    int64_t vblocks;     /* ggc_k_gemv1: row groups (ROWS rows, or a sibling segment's share) to cover; the
+                            grid may be smaller, each block then takes every gridDim.x-th group */
+    int w_const;         /* the weights are model constants: the one-column kernels load their first ones
+                            before the PDL wait (GGC_PDL_WAIT_UNLESS), overlapping the kernel before */
     /* MUL_MAT_ID */
     const uint8_t *ids;
     int64_t ids_nb0, ids_nb1, n_used, n_as;
@@ -96,23 +100,26 @@ static __device__ __forceinline__ void ggc_mm_store(const ggc_mm_args &a, int64_
 }
 
 /* The one-column kernels' block of sibling products (a.nseg > 1): its segment's weights, dst and
- * rows, and its first row there; cache: -1, or the cache type when the segment stores into a cache
- * row (dst is then that row). Unchanged for a single product. */
-static __device__ __forceinline__ void ggc_mm_segment(const ggc_mm_args &a, int rows_per_block, const uint8_t *&wmat,
-                                                      uint8_t *&dst, int64_t &N, int64_t &n0, int &cache) {
-    cache = -1;
-    if (a.nseg < 2) return;
+ * rows, and its first row there; returns the segment (0 for a single product, left unchanged). Reads
+ * kernel parameters only, so it may run before the PDL wait. */
+static __device__ __forceinline__ int ggc_mm_segment(const ggc_mm_args &a, int64_t vb, int rows_per_block,
+                                                     const uint8_t *&wmat, uint8_t *&dst, int64_t &N, int64_t &n0) {
+    if (a.nseg < 2) return 0;
     int s = 0;
-    while (s + 1 < a.nseg && (int64_t)blockIdx.x >= a.seg_block[s + 1]) s++;
+    while (s + 1 < a.nseg && vb >= a.seg_block[s + 1]) s++;
     wmat = a.seg_w[s];
     dst = a.seg_dst[s];
     N = a.seg_rows[s];
-    n0 = ((int64_t)blockIdx.x - a.seg_block[s]) * rows_per_block;
-    if (s == a.seg_store) {
-        const int64_t row = a.store_i64 ? *(const int64_t *)a.store_idx : *(const int32_t *)a.store_idx;
-        dst += row * a.store_nb1;
-        cache = a.store_type;
-    }
+    n0 = (vb - a.seg_block[s]) * rows_per_block;
+    return s;
+}
+/* -1, or the cache type when segment s stores into a cache row (dst then moves to that row, read
+ * from the index tensor: after the PDL wait) */
+static __device__ __forceinline__ int ggc_mm_segment_cache(const ggc_mm_args &a, int s, uint8_t *&dst) {
+    if (a.nseg < 2 || s != a.seg_store) return -1;
+    const int64_t row = a.store_i64 ? *(const int64_t *)a.store_idx : *(const int32_t *)a.store_idx;
+    dst += row * a.store_nb1;
+    return a.store_type;
 }
 
 /* the weight rows a one-column kernel reads from row n0 on (rows past N read row N - 1, whose result is
@@ -546,7 +553,7 @@ static __device__ __forceinline__ float ggc_dot8(const ggc_raw8<T> &raw, const f
 
 template <ggc_type T, int ROWS, bool SWIGLU>
 static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(const ggc_mm_args a) {
-    GGC_PDL_BEGIN();
+    GGC_PDL_WAIT_UNLESS(a.w_const);
     constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, U = 4;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     int64_t n0 = (int64_t)blockIdx.x * GGC_GEMVF1_WARPS * ROWS, N = a.N;
@@ -554,27 +561,39 @@ static __global__ void __launch_bounds__(GGC_GEMVF1_WARPS * 32) ggc_k_gemvf1(con
     const uint8_t *wmat = nullptr;
     uint8_t *dst = a.dst;
     int64_t arow, doff;
-    int cache;
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return;
-    ggc_mm_segment(a, GGC_GEMVF1_WARPS * ROWS, wmat, dst, N, n0, cache);
+    const int seg = ggc_mm_segment(a, blockIdx.x, GGC_GEMVF1_WARPS * ROWS, wmat, dst, N, n0);
     n0 += (int64_t)warp * ROWS;
     if (n0 >= N) return; /* a whole warp: no barrier follows */
     const uint8_t *wr[WR];
     ggc_mm_weight_rows<ROWS, SWIGLU>(a, wmat, n0, N, wr);
-    const float *__restrict__ x = (const float *)a.act + arow * a.act_stride;
     const int64_t K = a.K;
     float acc[WR];
 #pragma unroll
     for (int r = 0; r < WR; r++) acc[r] = 0.0f;
+    ggc_raw8<T> w[U][WR];
+    /* the first step's weights before the wait when they are constants (see ggc_k_gemv1) */
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t k = 8 * lane + 8 * 32 * u;
+        if (k < K) {
+#pragma unroll
+            for (int r = 0; r < WR; r++) w[u][r].load(wr[r], k);
+        }
+    }
+    GGC_PDL_AFTER_PREFETCH(a.w_const);
+    const int cache = ggc_mm_segment_cache(a, seg, dst);
+    const float *__restrict__ x = (const float *)a.act + arow * a.act_stride;
     for (int64_t k0 = 8 * lane; k0 < K; k0 += 8 * 32 * U) {
-        ggc_raw8<T> w[U][WR];
         float4 y[U][2];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t k = k0 + 8 * 32 * u;
             if (k < K) {
+                if (k0 != 8 * lane) {
 #pragma unroll
-                for (int r = 0; r < WR; r++) w[u][r].load(wr[r], k);
+                    for (int r = 0; r < WR; r++) w[u][r].load(wr[r], k);
+                }
                 y[u][0] = __ldg((const float4 *)(x + k));
                 y[u][1] = __ldg((const float4 *)(x + k) + 1);
             }
@@ -1012,6 +1031,34 @@ mm_kernel pick_gemv1(ggc_type t, bool swiglu) {
     default: return nullptr;
     }
 }
+/* ggc_k_gemv1's grid for `groups` row groups: at most as many blocks as the device holds at once, each
+ * then covering several groups. GGC_GEMV1_BLOCKS=0: one block a group (for measuring); =N: at most N
+ * blocks (for tests of the several-groups path on small products). */
+dim3 gemv1_grid(mm_kernel k, ggc_mm_args &a, int64_t groups, int64_t nz, const ggc_cuda_ctx *ctx) {
+    static struct {
+        mm_kernel k;
+        int per_sm;
+    } seen[64];
+    static int nseen = 0;
+    a.vblocks = groups;
+    const char *env = getenv("GGC_GEMV1_BLOCKS");
+    if (env && *env) {
+        const long n = strtol(env, nullptr, 10);
+        return dim3((unsigned)(n > 0 && n < groups ? n : groups), (unsigned)nz);
+    }
+    int per_sm = 0, i = 0;
+    while (i < nseen && seen[i].k != k) i++;
+    if (i < nseen) {
+        per_sm = seen[i].per_sm;
+    } else if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, GGC_GEMV1_THREADS, 0) != cudaSuccess) {
+        cudaGetLastError();
+        per_sm = 0;
+    } else if (nseen < 64) {
+        seen[nseen++] = {k, per_sm};
+    }
+    const int64_t cap = ctx->n_sm > 0 && per_sm > 0 ? (int64_t)ctx->n_sm * per_sm : groups;
+    return dim3((unsigned)(groups < cap ? groups : cap), (unsigned)nz);
+}
 mm_kernel pick_gemvf1(ggc_type t, bool swiglu) {
     switch (t) {
 #define X(T) \
@@ -1170,9 +1217,14 @@ void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cud
         GGC_UNSUPPORTED("MUL_MAT with src[4..7] (sibling products): one column, weights of one layout, f32 results "
                         "(one may be f16/bf16 cache rows, with src[9] its one index)");
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
-    const dim3 grid((unsigned)a.seg_block[a.nseg], 1);
-    if (quant) ggc_launch(pick_gemv1(w->type, false), grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
-    else ggc_launch(pick_gemvf1(w->type, false), grid, GGC_GEMVF1_WARPS * 32, 0, ctx->stream, a);
+    if (quant) {
+        const mm_kernel k = pick_gemv1(w->type, false);
+        const dim3 grid = gemv1_grid(k, a, a.seg_block[a.nseg], 1, ctx);
+        ggc_launch(k, grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
+    } else {
+        ggc_launch(pick_gemvf1(w->type, false), dim3((unsigned)a.seg_block[a.nseg], 1), GGC_GEMVF1_WARPS * 32, 0,
+                   ctx->stream, a);
+    }
 }
 
 }  // namespace
@@ -1190,6 +1242,7 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
     const mm_path p = choose_path(w, b->ne[1]);
     ggc_mm_args a = base_args(n);
     a.split = 1;
+    a.w_const = ctx->w_const && ggc_pdl_prefetch();
     if (n->src[3].data) { /* SWIGLU of two products of one column (the generated program checked the shapes) */
         const ggc_tensor *w2 = &n->src[3];
         bool ok = (p == PATH_MMVQ || (p == PATH_MMVF && gemvf1_ok(w))) && w2->type == w->type && b->ne[1] == 1 &&
@@ -1225,8 +1278,9 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         return;
     }
     if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged_mmv())) { /* batch-1 decode */
-        const dim3 grid(ggc_cuda_grid(a.N, gemv_rows_per_block(true, a.w2)), (unsigned)(a.ne12 * a.ne13));
-        ggc_launch(pick_gemv1(w->type, a.w2 != nullptr), grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
+        const mm_kernel k = pick_gemv1(w->type, a.w2 != nullptr);
+        const dim3 grid = gemv1_grid(k, a, ggc_cuda_grid(a.N, gemv_rows_per_block(true, a.w2)), a.ne12 * a.ne13, ctx);
+        ggc_launch(k, grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
         return;
     }
     if (p == PATH_MMVF && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && gemvf1_ok(w)) { /* batch-1 decode */

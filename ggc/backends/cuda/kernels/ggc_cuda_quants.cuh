@@ -402,6 +402,39 @@ __device__ __forceinline__ void ggc_q8dec_at<GGC_TYPE_Q4_0R8>(const uint8_t *row
     }
     dm[0] = dm[1] = make_float2(d, -8.0f * d);
 }
+/* A sub-block as loaded, decoded only where it is dotted (ggc_k_gemv1 keeps the next one in flight
+ * while it dots the current): in general the decoded form itself; q4_0 regrouped keeps its raw 16
+ * quant bytes and scale, 5 registers instead of 12. */
+template <ggc_type T> struct ggc_q8item {
+    int q[8];
+    float2 dm[2];
+    __device__ __forceinline__ void load(const uint8_t *row, int64_t sb) { ggc_q8dec_at<T>(row, sb, q, dm); }
+    __device__ __forceinline__ void decode(int qo[8], float2 dmo[2]) const {
+#pragma unroll
+        for (int k = 0; k < 8; k++) qo[k] = q[k];
+        dmo[0] = dm[0], dmo[1] = dm[1];
+    }
+};
+template <> struct ggc_q8item<GGC_TYPE_Q4_0R8> {
+    int4 v;
+    uint32_t d;
+    __device__ __forceinline__ void load(const uint8_t *row, int64_t sb) {
+        const uint8_t *g = ggc_r8_group(row, sb);
+        const int e = (int)(sb & 7);
+        d = ggc_ld_u16(g + 2 * e);
+        v = *(const int4 *)(g + 16 + 16 * e);
+    }
+    __device__ __forceinline__ void decode(int q[8], float2 dm[2]) const {
+        const int w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            q[k] = w[k] & 0x0F0F0F0F;
+            q[k + 4] = (w[k] >> 4) & 0x0F0F0F0F;
+        }
+        const float f = ggc_h2f((uint16_t)d);
+        dm[0] = dm[1] = make_float2(f, -8.0f * f);
+    }
+};
 template <> struct ggc_q8dec<GGC_TYPE_Q4_1> {
     static __device__ __forceinline__ void dec(const uint8_t *b, int, int q[8], float2 dm[2]) {
         const float d = ggc_h2f((uint16_t)ggc_ld_u16(b)), m = ggc_h2f((uint16_t)ggc_ld_u16(b + 2));
