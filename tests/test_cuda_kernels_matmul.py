@@ -236,4 +236,3 @@ def test_one_column_product_with_fewer_blocks_than_groups(t: str, k: int, monkey
     group's first)."""
     monkeypatch.setenv("GGC_GEMV1_BLOCKS", "3")
     assert_ok(_mul_mat(t, 1, k=k), OPS)
-

@@ -92,9 +92,10 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
  * 32-element sub-block of each row at a time (tid, tid + 128, ...), so a 4096-wide row is one load a
  * thread; the activation sub-block is loaded once for the ROWS rows. The grid is at most what the
  * device holds at once (gemv1_grid) and each block takes every gridDim.x-th group, loading the next
- * item's weights before it dots the current one: ncu showed the one-group-a-block form, whose every
- * block waits one DRAM round trip and exits, at 0.9-1.5 TB/s on 7B-sized products. ncu on an H100 showed the warp-per-row kernel above latency-bound
- * here (80 registers, 1.3 waves, ~20 cycles between a warp's instructions, 25% of DRAM bandwidth).
+ * item's weights before it dots the current one. ncu on an H100 showed the warp-per-row kernel above
+ * latency-bound here (80 registers, 1.3 waves, ~20 cycles between a warp's instructions, 25% of DRAM
+ * bandwidth), and the one-group-a-block form of this one, whose every block waited one DRAM round
+ * trip and exited, at 0.9-1.5 TB/s on 7B-sized products.
  * SWIGLU: the ROWS output rows read gate rows from a.w and up rows from a.w2 (2 ROWS weight rows) and
  * store silu(gate) * up, as ggml's SWIGLU of the two products (silu in f32: x / (1 + e^-x)). */
 #define GGC_GEMV1_THREADS 128
@@ -109,7 +110,7 @@ static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const gg
     int64_t arow, doff;
     if (!ggc_mmv_column(a, z, 0, wmat, arow, doff)) return; /* the same for the whole block */
     const int nsub = (int)(a.K / 32);
-    /* row group vb: its weight rows, and (for the store) dst, rows and first row, sibling segment */
+    /* the weight rows of row group vb (its sibling segment's; the store finds its dst the same way) */
     auto rows_of = [&](int64_t vb, const uint8_t **w) {
         const uint8_t *wm = wmat;
         uint8_t *d = a.dst;

@@ -388,23 +388,9 @@ static __device__ __forceinline__ void ggc_q8dec_at(const uint8_t *row, int64_t 
     constexpr int SUBS = ggc_cuda_blck(T) / 32;
     ggc_q8dec<T>::dec(row + (sb / SUBS) * ggc_cuda_tsize(T), (int)(sb % SUBS), q, dm);
 }
-template <>
-__device__ __forceinline__ void ggc_q8dec_at<GGC_TYPE_Q4_0R8>(const uint8_t *row, int64_t sb, int q[8], float2 dm[2]) {
-    const uint8_t *g = ggc_r8_group(row, sb);
-    const int e = (int)(sb & 7);
-    const float d = ggc_h2f((uint16_t)ggc_ld_u16(g + 2 * e));
-    const int4 v = *(const int4 *)(g + 16 + 16 * e); /* one aligned 16-byte load */
-    const int w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        q[k] = w[k] & 0x0F0F0F0F;
-        q[k + 4] = (w[k] >> 4) & 0x0F0F0F0F;
-    }
-    dm[0] = dm[1] = make_float2(d, -8.0f * d);
-}
 /* A sub-block as loaded, decoded only where it is dotted (ggc_k_gemv1 keeps the next one in flight
  * while it dots the current): in general the decoded form itself; q4_0 regrouped keeps its raw 16
- * quant bytes and scale, 5 registers instead of 12. */
+ * quant bytes and scale, 5 registers instead of 12, and its ggc_q8dec_at is that load and decode. */
 template <ggc_type T> struct ggc_q8item {
     int q[8];
     float2 dm[2];
@@ -422,7 +408,7 @@ template <> struct ggc_q8item<GGC_TYPE_Q4_0R8> {
         const uint8_t *g = ggc_r8_group(row, sb);
         const int e = (int)(sb & 7);
         d = ggc_ld_u16(g + 2 * e);
-        v = *(const int4 *)(g + 16 + 16 * e);
+        v = *(const int4 *)(g + 16 + 16 * e); /* one aligned 16-byte load */
     }
     __device__ __forceinline__ void decode(int q[8], float2 dm[2]) const {
         const int w[4] = {v.x, v.y, v.z, v.w};
@@ -435,6 +421,12 @@ template <> struct ggc_q8item<GGC_TYPE_Q4_0R8> {
         dm[0] = dm[1] = make_float2(f, -8.0f * f);
     }
 };
+template <>
+__device__ __forceinline__ void ggc_q8dec_at<GGC_TYPE_Q4_0R8>(const uint8_t *row, int64_t sb, int q[8], float2 dm[2]) {
+    ggc_q8item<GGC_TYPE_Q4_0R8> it;
+    it.load(row, sb);
+    it.decode(q, dm);
+}
 template <> struct ggc_q8dec<GGC_TYPE_Q4_1> {
     static __device__ __forceinline__ void dec(const uint8_t *b, int, int q[8], float2 dm[2]) {
         const float d = ggc_h2f((uint16_t)ggc_ld_u16(b)), m = ggc_h2f((uint16_t)ggc_ld_u16(b + 2));
