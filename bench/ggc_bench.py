@@ -64,6 +64,7 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
     m.reset()
     host = _host_breakdown(m, m.eval_greedy(prompt))
     prof = {"decode": _profile(m, 1), "prefill": _profile(m, 0)}
+    host_pp = _host_breakdown(m, 0, steps=5, prompt=prompt)
     res = {
         "model": Path(path).name,
         "target": m.target,
@@ -80,34 +81,41 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
         "tg_ms_per_token": 1e3 * statistics.median(tg_wall) / n_gen,
         "reps": reps,
         "decode_host_us": host,
+        "prefill_host_us": host_pp,
         "profile": prof,
     }
     m.close()
     return res
 
 
-def _host_breakdown(m: Model, tok: int, steps: int = 32) -> dict:
-    """Where a decode step's wall time goes, phase by phase (median µs over `steps` more tokens):
-    what Model.eval_greedy does for one token, timed piece by piece; then, outside the step, what
-    reading the logits back would cost (Model.eval)."""
-    gi, ph = 1, {"fill": [], "write": [], "run": [], "device": [], "read": []}
-    filler, prog = m.fillers[1], m.program
-    for _ in range(min(steps, m.ctx - m.n_past)):
+def _host_breakdown(m: Model, tok: int, steps: int = 32, prompt: list[int] | None = None) -> dict:
+    """Where a step's wall time goes, phase by phase (median µs over `steps` steps): what
+    Model.eval_greedy does for one token (or, given a prompt, for the prompt's one prefill step
+    from an empty cache, `reset` then being the state's reset), timed piece by piece; then, outside
+    the step, what reading the logits back would cost (Model.eval)."""
+    gi = 0 if prompt else 1
+    ph: dict[str, list[float]] = {"reset": [], "fill": [], "write": [], "run": [], "device": [], "read": []}
+    filler, prog = m.fillers[gi], m.program
+    for _ in range(steps if prompt else min(steps, m.ctx - m.n_past)):
+        t = time.perf_counter()
+        if prompt:
+            m.reset()
         t0 = time.perf_counter()
+        toks = prompt or [tok]
         block = m.input_block(gi)
-        filler.fill(block.arrays, [tok], m.n_past)
+        filler.fill(block.arrays, toks, m.n_past)
         t1 = time.perf_counter()
         block.write()
-        prog.set_n_kv(m.n_past + 1)
+        prog.set_n_kv(m.n_past + len(toks))
         t2 = time.perf_counter()
         tok = prog.argmax(m._logits[gi], graph=gi, run=True)
         t3 = t4 = time.perf_counter()
         prog.get_f32(m._logits[gi], graph=gi)
         t5 = time.perf_counter()
-        m.n_past += 1
-        for k, v in zip(ph, (t1 - t0, t2 - t1, t3 - t2, prog.last_run_ms() / 1e3, t5 - t4)):
+        m.n_past += len(toks)
+        for k, v in zip(ph, (t0 - t, t1 - t0, t2 - t1, t3 - t2, prog.last_run_ms() / 1e3, t5 - t4)):
             ph[k].append(v)
-    return {k: round(1e6 * statistics.median(v), 1) for k, v in ph.items() if v}
+    return {k: round(1e6 * statistics.median(v), 1) for k, v in ph.items() if v and (prompt or k != "reset")}
 
 
 def _kind(t) -> str:  # noqa: ANN001 - a Tensor

@@ -1,6 +1,6 @@
 """Single-kernel timings on the GPU: the matrix products of the bench models' decode and prefill.
 
-    python bench/kernel_bench.py [--json OUT]
+    python bench/kernel_bench.py [--json OUT] [--min-cols N]
 
 Each MUL_MAT runs back to back through the CUDA harness (ggc_cuda_bench_node: CUDA events, mean
 of 200 runs after 20 warm-ups, src1's conversion included) on random weights; the figure that
@@ -27,7 +27,8 @@ CASES = [("q4_0", 4096, 4096, 1), ("q4_0", 4096, 11008, 1), ("q4_0", 11008, 4096
          ("q4_0", 2048, 2048, 1), ("q4_0", 2048, 512, 1), ("q4_0", 2048, 8192, 1), ("q4_0", 8192, 2048, 1),
          ("q6_K", 2048, 128256, 1), ("f16", 2048, 8192, 1), ("f16", 8192, 2048, 1), ("f16", 2048, 2048, 1),
          ("q4_K", 4096, 4096, 1), ("q8_0", 4096, 4096, 1), ("q4_0", 4096, 4096, 4),
-         ("q4_0", 4096, 4096, 512), ("q4_0", 4096, 11008, 512), ("f16", 2048, 8192, 512)]
+         ("q4_0", 4096, 4096, 512), ("q4_0", 4096, 11008, 512), ("q4_0", 11008, 4096, 512),
+         ("q4_0", 2048, 8192, 512), ("q4_0", 2048, 2048, 512), ("q8_0", 4096, 4096, 512), ("f16", 2048, 8192, 512)]
 
 
 def _tensor(tid: int, tname: str, ne: tuple[int, int, int, int], **kw: object) -> Tensor:
@@ -46,10 +47,11 @@ def _weights(tname: str, k: int, n: int, rng: np.random.Generator) -> bytes:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json")
+    ap.add_argument("--min-cols", type=int, default=1, help="only the products of at least this many columns")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = []
-    for tname, k, n, cols in CASES:
+    for tname, k, n, cols in [c for c in CASES if c[3] >= a.min_cols]:
         w = _tensor(0, tname, (k, n, 1, 1), name="w")
         x = _tensor(1, "f32", (k, cols, 1, 1), name="x")
         y = _tensor(2, "f32", (n, cols, 1, 1), op="MUL_MAT", src=[w, x], name="y")

@@ -85,17 +85,19 @@ def report(d: Path, commit: str) -> str:
         out.append(f"| {name} | {_f(g.get('tg_tok_s'))} | {_f(g.get('tg_device_tok_s'))} | "
                    f"{_f(g.get('tg_ms_per_token'), '{:.3f}')} | {_f(g.get('pp_tok_s'))} | "
                    f"{_f(g.get('pp_device_tok_s'))} | {_f(g.get('start_s'), '{:.1f}')} | {_f(g.get('arena_bytes'))} |")
-    hosts = [(name, g["decode_host_us"]) for name, g, _ in summary if g.get("decode_host_us")]
-    if hosts:
-        keys = list(hosts[0][1])
-        out += ["", "ggc decode step phase by phase, one step at a time (median µs; `run` is the call that replays "
-                "the graph and takes the greedy pick on the GPU, its index read back; `device` the CUDA events "
-                "around the replay; `read`, reading all logits back instead, is not part of the step). In the "
-                "decode figures above the host runs a step ahead, so fill and write overlap the previous "
-                "step's replay:", "",
-                "| model | " + " | ".join(keys) + " |",
-                "| --- |" + " --- |" * len(keys)]
-        out += [f"| {name} | " + " | ".join(f"{h.get(k, 0):.1f}" for k in keys) + " |" for name, h in hosts]
+    intro = {"decode": "ggc decode step phase by phase, one step at a time (median µs; `run` is the call that replays "
+                       "the graph and takes the greedy pick on the GPU, its index read back; `device` the CUDA events "
+                       "around the replay; `read`, reading all logits back instead, is not part of the step). In the "
+                       "decode figures above the host runs a step ahead, so fill and write overlap the previous "
+                       "step's replay:",
+             "prefill": "ggc prefill step (the 512-token prompt from an empty cache) phase by phase, the same way "
+                        "(median µs of 5; `reset` clears the state first, as each timed prefill does):"}
+    for phase, text in intro.items():
+        hosts = [(name, g[f"{phase}_host_us"]) for name, g, _ in summary if g.get(f"{phase}_host_us")]
+        if hosts:
+            keys = list(hosts[0][1])
+            out += ["", text, "", "| model | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+            out += [f"| {name} | " + " | ".join(f"{h.get(k, 0):.1f}" for k in keys) + " |" for name, h in hosts]
     for name, g, _ in summary:
         for phase in ("decode", "prefill"):
             rows = (g.get("profile") or {}).get(phase) or []

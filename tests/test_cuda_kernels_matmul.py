@@ -178,6 +178,10 @@ NODES: dict[str, Build] = {
     **{f"mul_mat_{t}_b{n}": _mul_mat(t, n) for t in WEIGHT_TYPES for n in (1, 2, 8, 64)},
     **{f"mul_mat_{t}_b{n}": _mul_mat(t, n) for t in ("f16", "q4_0", "q4_K", "q6_K") for n in (3, 9, 100, 130)},
     **{f"mul_mat_{t}_odd_k_b{n}": _mul_mat(t, n, k=72, n=20) for t in ("f32", "f16", "bf16") for n in (1, 5, 33)},
+    **{f"mul_mat_{t}_b{n}": _mul_mat(t, n) for t in ("q5_0", "q8_0") for n in (9, 130)},
+    # tensor-core paths with split-K: 40 columns of 160 rows are few enough tiles for two K slices;
+    # k = 2144 ends in a partial 64-element tile of ggc_k_mmq4 (q4_0: one block of two)
+    **{f"mul_mat_{t}_long_k_b40": _mul_mat(t, 40, k=2144) for t in ("q4_0", "q5_0", "q8_0")},
     "mul_mat_q8_0_long_k_b1": _mul_mat("q8_0", 1, k=4096 + 512, n=64),
     "mul_mat_q4_K_long_k_b4": _mul_mat("q4_K", 4, k=4096 + 256, n=64),
     **{f"mul_mat_gqa_{t}_t{n}": _mul_mat_gqa(t, n) for t in ("f16", "q8_0", "q4_0") for n in (1, 2, 3, 16)},

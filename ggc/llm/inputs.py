@@ -68,6 +68,7 @@ class InputFiller:
                 raise GgcError(f"ggc run does not know how to fill the input {t.label()} of this architecture")
         self.mask_is_swa = {t.id: (_layer_of_mask(graph, t) in swa.layers) for t in self.inputs if "mask" in t.name}
         self._cells: dict[int, np.ndarray] = {}  # the cell indices of a mask width
+        self._triangles: dict[tuple[int, str], np.ndarray] = {}  # _triangle's, by size and type
         self.dtypes = {t.id: _dtype(t) for t in self.inputs}  # what fill() expects, by tensor id
         self._kinds = [(t, "tokens" if t.name == "inp_tokens" else "pos" if t.name == "inp_pos"
                         else "out_ids" if t.name == "out_ids" else "idxs" if t.name.endswith(("_k_idxs", "_v_idxs"))
@@ -120,6 +121,13 @@ class InputFiller:
 
     def _mask(self, t: Tensor, out: np.ndarray, pos: np.ndarray, swa: bool) -> None:
         n_kv, n_rows = t.ne[0], t.ne[1]
+        n, p0 = len(pos), int(pos[0])
+        if not swa and p0 + n <= n_kv:  # by slices: the past, then the batch's own triangle (pos is p0..p0+n-1)
+            m = out.reshape(-1, n_rows, n_kv)
+            m[:] = -np.inf
+            m[:, :n, :p0] = 0.0
+            m[:, :n, p0 : p0 + n] = self._triangle(n, out.dtype)
+            return
         q = np.full((n_rows, 1), -1)
         q[: len(pos), 0] = pos  # rows past the batch (padding) see nothing
         cells = self._cells.get(n_kv)
@@ -129,6 +137,14 @@ class InputFiller:
         if swa:
             keep &= (q - cells) < self.swa.n_swa
         out.reshape(-1, n_rows, n_kv)[:] = np.where(keep, 0.0, -np.inf)
+
+    def _triangle(self, n: int, dtype: np.dtype) -> np.ndarray:
+        """The mask of n consecutive tokens over their own cells: token i sees cells 0..i (made once)."""
+        key = (n, np.dtype(dtype).str)
+        tri = self._triangles.get(key)
+        if tri is None:
+            tri = self._triangles[key] = np.where(np.tri(n, dtype=bool), 0.0, -np.inf).astype(dtype)
+        return tri
 
     def _mask_row(self, t: Tensor, out: np.ndarray, p: int, swa: bool) -> None:
         """_mask for a batch of one token at position p: cells 0..p kept (those inside the window

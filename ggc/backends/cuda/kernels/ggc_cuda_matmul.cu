@@ -16,13 +16,16 @@
  *    to the weights' type as ggml-CPU converts it before its dot.
  *  - mmvf (f32 / f16 / bf16 weights, ne11 <= 2): src1 as contiguous f32 (read in place when it is
  *    already); a row is read by 8, 16 or 32 lanes with 16-byte loads, f32 accumulation.
- *  - mmq (ne11 > 8): tensor cores, mma.sync m16n8k16 (f16, or bf16 for bf16 weights; f32
- *    accumulate). Tiles of BM = 32..128 src1 rows x BN = 128 weight rows x BK = 32; weights are
- *    dequantized to f16 in registers (8 elements a thread per chunk) and stored to shared memory,
- *    src1 (converted to f16/bf16) comes by cp.async; double-buffered, ldmatrix fragments.
+ *  - mmq4 (q4_0 weights, ne11 > 8; ggc_cuda_mmq4.cuh): f16 tensor cores with the weight fragments
+ *    built in registers from the quant bytes, which come by cp.async like src1.
+ *  - mmq (other weights, ne11 > 8): tensor cores, mma.sync m16n8k16 (f16, or bf16 for bf16
+ *    weights; f32 accumulate). Tiles of BM = 32..128 src1 rows x BN = 128 weight rows x BK = 32;
+ *    weights are dequantized to f16 in registers (8 elements a thread per chunk) and stored to
+ *    shared memory, src1 (converted to f16/bf16) comes by cp.async; double-buffered, ldmatrix
+ *    fragments. GGC_CUDA_MMQ4=0 sends q4_0 here too (for comparisons).
  * With quantized weights src1 is first quantized exactly as ggml-CPU quantizes it for that weight
- * type (q8_0 / q8_1 / q8_K, see ggc_cuda_quants.cuh): mmvq dots those quants, mmq multiplies
- * f16(q * d) of them, so both see the CPU's activations rather than unquantized ones.
+ * type (q8_0 / q8_1 / q8_K, see ggc_cuda_quants.cuh): mmvq dots those quants, mmq and mmq4
+ * multiply f16(q * d) of them, so all see the CPU's activations rather than unquantized ones.
  *
  * Optional sources that the generated program adds for fused groups (the graph's MUL_MAT has
  * none): src[2], a tensor laid out as dst that is added as each result is stored (a residual
@@ -215,8 +218,8 @@ static __global__ void ggc_k_quantize_q8a(const uint8_t *src, ggc_type type, ggc
 /* src1 rows -> f16 rows of `stride` elements for the tensor-core path with quantized weights:
  * each element f16(q * d) of the CPU's quantization (vec_dot_type Q), one warp per block as
  * above. K is a multiple of the weight block (32 or 256) and so of GGC_MMQ_BK: stride == K, no
- * padding. */
-template <ggc_actq Q>
+ * padding. PERM: each 32-element block in ggc_k_mmq4's order (ggc_mmq4_pos). */
+template <ggc_actq Q, bool PERM = false>
 static __global__ void ggc_k_fake_quant_rows(const uint8_t *src, ggc_type type, ggc_cuda_shape s, int64_t stride,
                                              int64_t nblocks, uint16_t *out) {
     GGC_PDL_BEGIN();
@@ -240,7 +243,8 @@ static __global__ void ggc_k_fake_quant_rows(const uint8_t *src, ggc_type type, 
         for (int j = 0; j < 4; j++) u[j] = (uint32_t)h[2 * j] | (uint32_t)h[2 * j + 1] << 16;
         *(uint4 *)(o + 8 * lane) = make_uint4(u[0], u[1], u[2], u[3]); /* 16-aligned: K % 256 == 0 */
     } else {
-        o[lane] = ggc_q8_fake32(ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * QB + lane, i1, i2, i3), type));
+        o[PERM ? ggc_mmq4_pos(lane) : lane] =
+            ggc_q8_fake32(ggc_load_f(ggc_cuda_ptr((void *)src, s, kb * QB + lane, i1, i2, i3), type));
     }
 }
 
@@ -620,6 +624,70 @@ static constexpr size_t ggc_mmq_smem_bytes(int mt, bool direct) {
     return ((size_t)GGC_MMQ_STAGES * 32 * mt + (size_t)(direct ? GGC_MMQ_STAGES : 2) * GGC_MMQ_BN) * GGC_MMQ_LDS * 2;
 }
 
+/* The tile's src1 rows (grid.y, or a MUL_MAT_ID tile of one expert's pairs): s_arow[m] the converted
+ * src1 row (-1: none), s_doff[m] its dst byte offset. Returns the weight matrix, or null when the
+ * block has no tile (MUL_MAT_ID: past the device-side tile count). zb: the batch index of grid.z. */
+template <int BM>
+static __device__ __forceinline__ const uint8_t *ggc_mmq_tile_rows(const ggc_mm_args &a, int64_t zb, int64_t *s_arow,
+                                                                  int64_t *s_doff) {
+    const int tid = threadIdx.x;
+    if (a.tiles) {
+        if ((int)blockIdx.y >= *a.n_tiles) return nullptr;
+        const int2 tl = a.tiles[blockIdx.y];
+        const int e = tl.x, m0 = tl.y, beg = a.offs[e], cnt = a.offs[e + 1] - beg;
+        for (int m = tid; m < BM; m += blockDim.x) {
+            s_arow[m] = -1;
+            if (m0 + m < cnt) {
+                const int64_t p = a.pairs[beg + m0 + m], s = p % a.n_used, t = p / a.n_used;
+                s_arow[m] = s % a.ne11 + a.ne11 * t;
+                s_doff[m] = s * a.nbd1 + t * a.nbd2;
+            }
+        }
+        return a.w + e * a.nb02;
+    }
+    const int64_t i12 = zb % a.ne12, i13 = zb / a.ne12, m0 = (int64_t)blockIdx.y * BM;
+    for (int m = tid; m < BM; m += blockDim.x) {
+        const int64_t i11 = m0 + m;
+        s_arow[m] = i11 < a.ne11 ? i11 + a.ne11 * zb : -1;
+        s_doff[m] = i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3;
+    }
+    return a.w + (i12 / a.r2) * a.nb02 + (i13 / a.r3) * a.nb03;
+}
+
+/* A tile's results from the mma accumulators of a warp (wm, wn) of 8 (2 x 4), MT 16-row tiles by 4
+ * 8-column tiles: c0, c1 at row lane / 4, columns 2 (lane % 4) + 0, 1; c2, c3 8 rows further. To
+ * dst (through the residual ADD), or with split-K to slice sk's partial sums. */
+template <int MT>
+static __device__ __forceinline__ void ggc_mmq_store_tile(const ggc_mm_args &a, const float (&acc)[MT][4][4],
+                                                          const int64_t *s_arow, const int64_t *s_doff, int64_t n0,
+                                                          int64_t sk, int wm, int wn, int lane) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int m = wm * 16 * MT + mt * 16 + (lane >> 2) + 8 * h;
+            const int64_t r = s_arow[m];
+            if (r < 0) continue;
+            if (a.partial) { /* split-K: this slice's sums, [slice][converted row][N] */
+                float *prow = a.partial + (sk * a.partial_rows + r) * a.N;
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    const int64_t n = n0 + wn * 32 + nt * 8 + (lane & 3) * 2;
+                    if (n < a.N) prow[n] = acc[mt][nt][2 * h];
+                    if (n + 1 < a.N) prow[n + 1] = acc[mt][nt][2 * h + 1];
+                }
+                continue;
+            }
+            const int64_t drow = s_doff[m];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                const int64_t n = n0 + wn * 32 + nt * 8 + (lane & 3) * 2;
+                if (n < a.N) ggc_mm_store(a, drow + n * a.nbd0, acc[mt][nt][2 * h]);
+                if (n + 1 < a.N) ggc_mm_store(a, drow + (n + 1) * a.nbd0, acc[mt][nt][2 * h + 1]);
+            }
+        }
+}
+
 /* VEC: float weights with 16-byte aligned rows and K % 8 == 0; f16 / bf16 weight tiles then come
  * straight from global memory by cp.async, like the activations. Split-K (a.split > 1): grid.z
  * is batch + nzb * slice, each slice sums its share of the K tiles into a.partial. */
@@ -639,30 +707,8 @@ static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq(const ggc
     const int64_t n0 = (int64_t)blockIdx.x * BN;
     const int64_t nzb = a.tiles ? 1 : a.ne12 * a.ne13, zb = blockIdx.z % nzb, sk = blockIdx.z / nzb;
 
-    /* the tile's rows: converted src1 row (-1: none) and dst offset; and the weight matrix */
-    const uint8_t *wmat;
-    if (a.tiles) {
-        if ((int)blockIdx.y >= *a.n_tiles) return;
-        const int2 tl = a.tiles[blockIdx.y];
-        const int e = tl.x, m0 = tl.y, beg = a.offs[e], cnt = a.offs[e + 1] - beg;
-        wmat = a.w + e * a.nb02;
-        for (int m = tid; m < BM; m += GGC_MMQ_THREADS) {
-            s_arow[m] = -1;
-            if (m0 + m < cnt) {
-                const int64_t p = a.pairs[beg + m0 + m], s = p % a.n_used, t = p / a.n_used;
-                s_arow[m] = s % a.ne11 + a.ne11 * t;
-                s_doff[m] = s * a.nbd1 + t * a.nbd2;
-            }
-        }
-    } else {
-        const int64_t i12 = zb % a.ne12, i13 = zb / a.ne12, m0 = (int64_t)blockIdx.y * BM;
-        wmat = a.w + (i12 / a.r2) * a.nb02 + (i13 / a.r3) * a.nb03;
-        for (int m = tid; m < BM; m += GGC_MMQ_THREADS) {
-            const int64_t i11 = m0 + m;
-            s_arow[m] = i11 < a.ne11 ? i11 + a.ne11 * zb : -1;
-            s_doff[m] = i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3;
-        }
-    }
+    const uint8_t *wmat = ggc_mmq_tile_rows<BM>(a, zb, s_arow, s_doff);
+    if (!wmat) return;
     __syncthreads();
 
     const int64_t K = a.K, nk_all = (K + BK - 1) / BK;
@@ -801,32 +847,7 @@ static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq(const ggc
     }
     ggc_cp_async_wait<0>();
 
-    /* c0, c1: row lane / 4, columns 2 (lane % 4) + 0, 1; c2, c3: 8 rows further */
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int m = wm * 16 * MT + mt * 16 + (lane >> 2) + 8 * h;
-            const int64_t r = s_arow[m];
-            if (r < 0) continue;
-            if (a.partial) { /* split-K: this slice's sums, [slice][converted row][N] */
-                float *prow = a.partial + (sk * a.partial_rows + r) * a.N;
-#pragma unroll
-                for (int nt = 0; nt < 4; nt++) {
-                    const int64_t n = n0 + wn * 32 + nt * 8 + (lane & 3) * 2;
-                    if (n < a.N) prow[n] = acc[mt][nt][2 * h];
-                    if (n + 1 < a.N) prow[n + 1] = acc[mt][nt][2 * h + 1];
-                }
-                continue;
-            }
-            const int64_t drow = s_doff[m];
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                const int64_t n = n0 + wn * 32 + nt * 8 + (lane & 3) * 2;
-                if (n < a.N) ggc_mm_store(a, drow + n * a.nbd0, acc[mt][nt][2 * h]);
-                if (n + 1 < a.N) ggc_mm_store(a, drow + (n + 1) * a.nbd0, acc[mt][nt][2 * h + 1]);
-            }
-        }
+    ggc_mmq_store_tile<MT>(a, acc, s_arow, s_doff, n0, sk, wm, wn, lane);
 }
 
 /* split-K: dst(i0, i11, i12, i13) = the sum over slices of partial[slice][i11 + ne11 * (i12 + ne12 * i13)][i0] */
@@ -840,6 +861,8 @@ static __global__ void ggc_k_mmq_reduce(const ggc_mm_args a, int64_t total) {
     const int64_t i11 = r % a.ne11, i12 = (r / a.ne11) % a.ne12, i13 = r / (a.ne11 * a.ne12);
     ggc_mm_store(a, i11 * a.nbd1 + i12 * a.nbd2 + i13 * a.nbd3 + n * a.nbd0, sum);
 }
+
+#include "ggc_cuda_mmq4.cuh"
 
 /* ------------------------------------------------------------------ MUL_MAT_ID grouping */
 
@@ -878,14 +901,24 @@ static __global__ void ggc_k_moe_group(ggc_mm_args a, int64_t n_tok, int bm, int
 
 namespace {
 
-enum mm_path { PATH_MMVQ, PATH_MMVF, PATH_MMQ };
+enum mm_path { PATH_MMVQ, PATH_MMVF, PATH_MMQ, PATH_MMQ4 };
 
 size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* GGC_CUDA_MMQ4=0: q4_0 weights on the general tensor-core kernel too (for comparisons), read once */
+bool mmq4_enabled() {
+    static const bool on = !(getenv("GGC_CUDA_MMQ4") && getenv("GGC_CUDA_MMQ4")[0] == '0');
+    return on;
+}
+/* the tensor-core path of weight type t: ggc_k_mmq4 for q4_0 (GGUF or regrouped), else ggc_k_mmq */
+mm_path mmq_path(ggc_type t) {
+    return (t == GGC_TYPE_Q4_0 || t == GGC_TYPE_Q4_0R8) && mmq4_enabled() ? PATH_MMQ4 : PATH_MMQ;
+}
 
 /* matrix-vector kernels up to 8 columns of quantized weights (8-bit dot products), 2 of float
  * weights; tensor cores above */
 mm_path choose_path(const ggc_tensor *w, int64_t cols) {
-    if (ggc_cuda_is_quant(w->type)) return cols <= GGC_MMV_MAX_COLS ? PATH_MMVQ : PATH_MMQ;
+    if (ggc_cuda_is_quant(w->type)) return cols <= GGC_MMV_MAX_COLS ? PATH_MMVQ : mmq_path(w->type);
     return cols <= GGC_MMVF_MAX_COLS ? PATH_MMVF : PATH_MMQ;
 }
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -915,7 +948,7 @@ bool direct_f32(const ggc_tensor *b) {
 
 /* src1 (any strides, f32 / f16 / bf16) into the work buffer in the path's format. With quantized
  * weights src1 goes through the CPU's quantization for that weight type (ggml-CPU quantizes it
- * before its integer dots): q8a for mmvq, dequantized f16 for mmq. */
+ * before its integer dots): q8a for mmvq, dequantized f16 for mmq (in ggc_mmq4_pos order for mmq4). */
 void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work, cudaStream_t st, ggc_mm_args &a,
                  bool ready = false) {
     const ggc_cuda_shape s = ggc_cuda_shape_of(b);
@@ -944,6 +977,11 @@ void convert_act(mm_path p, const ggc_tensor *b, const ggc_tensor *w, void *work
     a.act_aux = nullptr;
     a.act_stride = stride;
     if (ready) return;
+    if (p == PATH_MMQ4) { /* q4_0: q8_0 activations, in the kernel's order */
+        ggc_launch(ggc_k_fake_quant_rows<GGC_ACTQ_Q8_0, true>, qgrid, 256, 0, st, (const uint8_t *)b->data, b->type, s,
+                   stride, nblocks, (uint16_t *)work);
+        return;
+    }
     if (p == PATH_MMQ && ggc_cuda_is_quant(w->type)) {
         GGC_ACTQ_LAUNCH(w->type, ggc_k_fake_quant_rows, qgrid, 256, st, (const uint8_t *)b->data, b->type, s, stride,
                         nblocks, (uint16_t *)work);
@@ -1086,12 +1124,20 @@ mm_kernel pick_mmq_raw(ggc_type t, int mt, bool vec) {
     }
 }
 
-/* launch ggc_k_mmq for weight type t (with its shared memory above 48 KB opted into) */
-void launch_mmq(ggc_type t, int mt, bool vec, dim3 grid, const ggc_mm_args &a, cudaStream_t st) {
-    const mm_kernel k = pick_mmq_raw(t, mt, vec);
+template <ggc_type T> mm_kernel mmq4_kernel(int mt) {
+    return mt == 1 ? ggc_k_mmq4<T, 1> : mt == 2 ? ggc_k_mmq4<T, 2> : ggc_k_mmq4<T, 4>;
+}
+mm_kernel pick_mmq4(ggc_type t, int mt) {
+    return t == GGC_TYPE_Q4_0R8 ? mmq4_kernel<GGC_TYPE_Q4_0R8>(mt) : t == GGC_TYPE_Q4_0 ? mmq4_kernel<GGC_TYPE_Q4_0>(mt) : nullptr;
+}
+
+/* launch the tensor-core kernel of path p (PATH_MMQ, PATH_MMQ4) for weight type t, with its shared
+ * memory above 48 KB opted into */
+void launch_mmq(mm_path p, ggc_type t, int mt, bool vec, dim3 grid, const ggc_mm_args &a, cudaStream_t st) {
+    const mm_kernel k = p == PATH_MMQ4 ? pick_mmq4(t, mt) : pick_mmq_raw(t, mt, vec);
     if (!k) return;
     const bool direct = vec && (t == GGC_TYPE_F16 || t == GGC_TYPE_BF16);
-    const size_t smem = ggc_mmq_smem_bytes(mt, direct);
+    const size_t smem = p == PATH_MMQ4 ? ggc_mmq4_smem_bytes(mt) : ggc_mmq_smem_bytes(mt, direct);
     /* per device and cheap: set on every launch rather than cached */
     GGC_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     ggc_launch(k, grid, GGC_MMQ_THREADS, smem, st, a);
@@ -1150,12 +1196,12 @@ struct mmq_plan {
     dim3 grid;
     size_t partial_bytes;
 };
-mmq_plan plan_mmq(const ggc_node *n) {
+mmq_plan plan_mmq(const ggc_node *n, mm_path path) {
     const ggc_tensor *w = &n->src[0], *b = &n->src[1];
     mmq_plan p;
     p.mt = mmq_mt(b->ne[1]);
     const int64_t gx = ggc_cdiv(w->ne[1], GGC_MMQ_BN), gy = ggc_cdiv(b->ne[1], 32 * p.mt), gz = b->ne[2] * b->ne[3];
-    const int64_t nk = ggc_cdiv(w->ne[0], GGC_MMQ_BK), ctas = gx * gy * gz;
+    const int64_t nk = ggc_cdiv(w->ne[0], path == PATH_MMQ4 ? GGC_MMQ4_BK : GGC_MMQ_BK), ctas = gx * gy * gz;
     p.split = 1;
     while (p.split < 8 && ctas * p.split < GGC_MMQ_TARGET_CTAS && nk / (2 * p.split) >= 8) p.split *= 2;
     p.grid = dim3((unsigned)gx, (unsigned)gy, (unsigned)(gz * p.split));
@@ -1222,7 +1268,7 @@ extern "C" size_t ggc_cuda_work_mul_mat(const ggc_node *n) {
     const ggc_tensor *w = &n->src[0], *b = &n->src[1];
     const mm_path p = choose_path(w, b->ne[1]);
     const size_t act = act_bytes(p, ggc_cuda_nrows(b), b->ne[0]);
-    return p == PATH_MMQ ? act + plan_mmq(n).partial_bytes : act;
+    return p == PATH_MMQ || p == PATH_MMQ4 ? act + plan_mmq(n, p).partial_bytes : act;
 }
 
 extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) {
@@ -1252,14 +1298,14 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         return;
     }
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
-    if (p == PATH_MMQ) {
-        const mmq_plan pl = plan_mmq(n);
+    if (p == PATH_MMQ || p == PATH_MMQ4) {
+        const mmq_plan pl = plan_mmq(n, p);
         a.split = pl.split;
         if (pl.split > 1) {
             a.partial = (float *)((char *)ctx->work + act_bytes(p, ggc_cuda_nrows(b), b->ne[0]));
             a.partial_rows = ggc_cuda_nrows(b);
         }
-        launch_mmq(w->type, pl.mt, mmq_vec(w), pl.grid, a, ctx->stream);
+        launch_mmq(p, w->type, pl.mt, mmq_vec(w), pl.grid, a, ctx->stream);
         if (pl.split > 1) {
             const int64_t total = a.partial_rows * a.N;
             ggc_launch(ggc_k_mmq_reduce, ggc_cuda_grid(total, 256), 256, 0, ctx->stream, a, total);
@@ -1310,7 +1356,7 @@ id_layout id_work(const ggc_node *n) {
     const int64_t n_as = w->ne[2], n_pairs = ids->ne[0] * ids->ne[1];
     id_layout l = {};
     l.mode = choose_id(n);
-    l.path = l.mode == ID_GROUPED_MMQ ? PATH_MMQ : choose_path(w, 1);
+    l.path = l.mode == ID_GROUPED_MMQ ? (ggc_cuda_is_quant(w->type) ? mmq_path(w->type) : PATH_MMQ) : choose_path(w, 1);
     l.bm = l.mode == ID_GROUPED_MMQ ? 32 * mmq_mt(n_pairs / (n_as > 0 ? n_as : 1)) : GGC_MMV_MAX_COLS;
     size_t o = act_bytes(l.path, ggc_cuda_nrows(b), b->ne[0]);
     if (l.mode != ID_PAIRS) {
@@ -1366,5 +1412,5 @@ extern "C" void ggc_cuda_op_mul_mat_id(const ggc_node *n, const ggc_cuda_ctx *ct
         return;
     }
     const dim3 grid(ggc_cuda_grid(a.N, GGC_MMQ_BN), nt, 1);
-    launch_mmq(w->type, l.bm / 32, mmq_vec(w), grid, a, ctx->stream);
+    launch_mmq(l.path, w->type, l.bm / 32, mmq_vec(w), grid, a, ctx->stream);
 }

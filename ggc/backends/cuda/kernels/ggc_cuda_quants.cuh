@@ -694,6 +694,14 @@ static __device__ __forceinline__ uint16_t ggc_q8_fake32(float x) {
     const int v = ggc_q8_quant32(x, d);
     return ggc_f2h(__fmul_rn((float)v, ggc_h2f(ggc_f2h(d))));
 }
+/* Where element e (0..31) of a block goes in the src1 rows of the q4_0 tensor-core kernel
+ * (ggc_k_mmq4): it builds its weight fragments straight from the quant bytes, each lane's four
+ * bytes giving the f16 pairs (e, e + 2), (e + 1, e + 3) of one 16-element step and the same 16
+ * further, so src1 takes that order within each 16: element 4t + 2h + v of step s (t 0..3, h, v
+ * 0..1) at 16s + 8v + 2t + h. A product is a sum, so both sides in one order give the same terms. */
+static __host__ __device__ constexpr int ggc_mmq4_pos(int e) {
+    return (e & 16) + 8 * (e & 1) + 2 * ((e & 15) >> 2) + ((e >> 1) & 1);
+}
 /* the same for a q8_K block, lane l holding x[8l .. 8l+7]: h[j] the f16 bits of element 8l + j */
 static __device__ __forceinline__ void ggc_q8k_fake256(const float x[8], int lane, uint16_t h[8]) {
     int v[8];
