@@ -45,8 +45,10 @@ def require_gpu() -> None:
         pytest.skip(f"no CUDA GPU: {why}")
 
 
-def check(build: Callable[[GraphBuilder], Ref], ops: tuple[str, ...] | None = None) -> list[NodeResult]:
-    """Every kernel node of the graph (or only those of the given ops) through the CUDA harness."""
+def check(build: Callable[[GraphBuilder], Ref], ops: tuple[str, ...] | None = None,
+          regroup: bool = False) -> list[NodeResult]:
+    """Every kernel node of the graph (or only those of the given ops) through the CUDA harness;
+    regroup: MUL_MAT weights as GPU programs keep q4_0 (regrouped by 8 blocks)."""
     with GraphBuilder() as b:
         out = build(b)
         graph, live = b.capture_live(out)
@@ -59,14 +61,15 @@ def check(build: Callable[[GraphBuilder], Ref], ops: tuple[str, ...] | None = No
         if ops is not None and t.op not in ops:
             continue
         srcs, dst_init = node_inputs(graph, values, leaf, t)
-        got = cuda.run_node(t, srcs, dst_init)
+        got = cuda.run_node(t, srcs, dst_init, regroup=regroup and t.op == "MUL_MAT")
         results.append(compare(t, values[t.id], got))
     return results
 
 
-def assert_ok(build: Callable[[GraphBuilder], Ref], ops: tuple[str, ...] | None = None) -> list[NodeResult]:
+def assert_ok(build: Callable[[GraphBuilder], Ref], ops: tuple[str, ...] | None = None,
+              regroup: bool = False) -> list[NodeResult]:
     require_gpu()
-    results = check(build, ops)
+    results = check(build, ops, regroup)
     assert results, "no kernel ran"
     bad = [(r.tensor.label(), r.tensor.op, r.nmse) for r in results if not r.ok]
     assert not bad, bad

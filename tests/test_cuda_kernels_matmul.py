@@ -240,3 +240,12 @@ def test_one_column_product_with_fewer_blocks_than_groups(t: str, k: int, monkey
     group's first)."""
     monkeypatch.setenv("GGC_GEMV1_BLOCKS", "3")
     assert_ok(_mul_mat(t, 1, k=k), OPS)
+
+
+@pytest.mark.parametrize("cols", [1, 4, 40, 130])
+def test_regrouped_q4_0_product_matches_ggml(cols: int) -> None:
+    """q4_0 weights as GPU programs keep them (GGC_TYPE_Q4_0R8, whole 8-block groups a row: k = 1280):
+    the one-column kernel (1), the few-column one (4), and the q4_0 tensor-core kernel, whose quants
+    and scales then come by cp.async (40: split-K over two slices; 130: 128-row tiles and a partial one)."""
+    assert_ok(_mul_mat("q4_0", cols), OPS, regroup=True)
+

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ggc.backends.c.emit import C_FUSION, plan_program
+from ggc.backends.cuda.abi import regroup_q4_0
 from ggc.backends.cuda.emit import CUDA_FUSION, _act_reuse, _quantizing_norms, regrouped_weights
 from ggc.compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, Fusion, live_nodes, make_groups
 from ggc.ir.graph import Graph
@@ -123,6 +124,8 @@ def test_loader_regroups_q4_0(tmp_path: Path) -> None:
     groups = blocks.reshape(-1, 8, 18)
     assert (out[:, :16].reshape(-1, 8, 2) == groups[:, :, :2]).all()
     assert (out[:, 16:].reshape(-1, 8, 16) == groups[:, :, 2:]).all()
+    # the CUDA harness's regrouping (kernel tests of GGC_TYPE_Q4_0R8) is the loader's
+    assert regroup_q4_0(blocks.tobytes()) == bytes(buf)
 
 
 def test_residual_add_joins_its_product(llama_q4_0: Graph) -> None:

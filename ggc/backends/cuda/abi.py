@@ -21,6 +21,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import GgcError
 from ...ir.graph import Tensor
 from ..c.abi import C_TYPES, MAX_SRC, CNode, host_node
@@ -181,15 +183,35 @@ def device_name() -> str:
     return buf.value.decode()
 
 
+GGC_TYPE_Q4_0R8 = 32  # ggc.h: q4_0 regrouped by 8 blocks, a layout of GPU programs only
+
+
+def regroup_q4_0(data: bytes) -> bytes:
+    """q4_0 blocks (18 bytes: f16 scale, 16 quant bytes) regrouped as the GGUF loader does for GPU
+    programs (ggc_gguf.c regroup_q4_0): each 8 blocks become their 8 scales, then their 8 x 16
+    quant bytes. len(data) must be a multiple of 144."""
+    if len(data) % 144:
+        raise GgcError(f"q4_0 regrouping needs whole groups of 8 blocks (144 bytes), got {len(data)} bytes")
+    g = np.frombuffer(data, np.uint8).reshape(-1, 8, 18)
+    return np.concatenate([g[:, :, :2].reshape(-1, 16), g[:, :, 2:].reshape(-1, 128)], axis=1).tobytes()
+
+
 def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib: C.CDLL | None, n_kv: int,
-            bench: tuple[int, int] | None) -> tuple[bytes, float]:
+            bench: tuple[int, int] | None, regroup: bool = False) -> tuple[bytes, float]:
     lib = lib or load_library()
     name = kernel_name(t)
     fn = getattr(lib, name, None)
     if fn is None:
         raise GgcError(f"{t.label()}: the CUDA backend has no kernel {name}")
     work = getattr(lib, work_name(t), None)
+    if regroup:  # src0 as a GPU program holds a q4_0 weight of whole 8-block groups a row
+        w = t.src[0]
+        if w.type.name != "q4_0" or w.ne[0] % 256 or w.nb[1] != w.type.row_size(w.ne[0]):
+            raise GgcError(f"{t.label()}: only contiguous q4_0 rows of whole 8-block groups are regrouped")
+        src_data = [regroup_q4_0(src_data[0][: w.nbytes]), *src_data[1:]]  # type: ignore[index]
     node, dst, bufs = host_node(t, src_data, dst_init)
+    if regroup:
+        node.src[0].type = GGC_TYPE_Q4_0R8
     sizes = (C.c_size_t * MAX_SRC)(*[len(bufs[j]) if j in bufs else 0 for j in range(MAX_SRC)])
     err = C.create_string_buffer(512)
     fn_ptr = C.cast(fn, C.c_void_p)
@@ -206,14 +228,16 @@ def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib
 
 
 def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None,
-             lib: C.CDLL | None = None, n_kv: int = 0) -> bytes:
+             lib: C.CDLL | None = None, n_kv: int = 0, regroup: bool = False) -> bytes:
     """Run the CUDA kernel for node t on these source bytes (each the span of its source from its
     first element); dst_init is what the destination memory held before (it matters for writes
     into views). n_kv: the KV cells attention reads (ctx.n_kv, as given: no rounding); 0 = all.
+    regroup: a q4_0 src0 goes in as GPU programs keep it (GGC_TYPE_Q4_0R8, regroup_q4_0).
     Returns the destination's bytes."""
-    return _launch(t, src_data, dst_init, lib, n_kv, None)[0]
+    return _launch(t, src_data, dst_init, lib, n_kv, None, regroup)[0]
 
 
-def bench_node(t: Tensor, src_data: list[bytes | None], warmup: int = 10, iters: int = 100) -> float:
+def bench_node(t: Tensor, src_data: list[bytes | None], warmup: int = 10, iters: int = 100,
+               regroup: bool = False) -> float:
     """Mean milliseconds of node t's kernel over `iters` back-to-back runs on the GPU (CUDA events)."""
-    return _launch(t, src_data, None, None, 0, (warmup, iters))[1]
+    return _launch(t, src_data, None, None, 0, (warmup, iters), regroup)[1]
