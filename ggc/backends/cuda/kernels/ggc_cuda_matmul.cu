@@ -275,6 +275,9 @@ static __device__ __forceinline__ uint32_t ggc_smem_addr(const void *p) {
 static __device__ __forceinline__ void ggc_cp_async16(void *smem, const void *gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(ggc_smem_addr(smem)), "l"(gmem));
 }
+static __device__ __forceinline__ void ggc_cp_async4(void *smem, const void *gmem) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(ggc_smem_addr(smem)), "l"(gmem));
+}
 static __device__ __forceinline__ void ggc_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> static __device__ __forceinline__ void ggc_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
@@ -781,13 +784,7 @@ static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq(const ggc
         }
     };
 
-    float acc[MT][4][4];
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int k = 0; k < 4; k++) acc[i][j][k] = 0.0f;
+    float acc[MT][4][4] = {};
 
     /* Pipeline: activation tiles (and f16 / bf16 weight tiles) by cp.async, S - 1 tiles ahead;
      * quantized weight tiles through registers, one tile ahead (double-buffered in shared). */
@@ -1356,7 +1353,7 @@ id_layout id_work(const ggc_node *n) {
     const int64_t n_as = w->ne[2], n_pairs = ids->ne[0] * ids->ne[1];
     id_layout l = {};
     l.mode = choose_id(n);
-    l.path = l.mode == ID_GROUPED_MMQ ? (ggc_cuda_is_quant(w->type) ? mmq_path(w->type) : PATH_MMQ) : choose_path(w, 1);
+    l.path = l.mode == ID_GROUPED_MMQ ? mmq_path(w->type) : choose_path(w, 1);
     l.bm = l.mode == ID_GROUPED_MMQ ? 32 * mmq_mt(n_pairs / (n_as > 0 ? n_as : 1)) : GGC_MMV_MAX_COLS;
     size_t o = act_bytes(l.path, ggc_cuda_nrows(b), b->ne[0]);
     if (l.mode != ID_PAIRS) {

@@ -32,9 +32,6 @@ static __host__ __device__ constexpr size_t ggc_mmq4_stage_bytes(int mt) {
 }
 static __host__ __device__ constexpr size_t ggc_mmq4_smem_bytes(int mt) { return GGC_MMQ4_STAGES * ggc_mmq4_stage_bytes(mt); }
 
-static __device__ __forceinline__ void ggc_cp_async4(void *smem, const void *gmem) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(ggc_smem_addr(smem)), "l"(gmem));
-}
 /* the nibbles at bits 0 and 16 of x as f16 d * (q - 8) */
 static __device__ __forceinline__ uint32_t ggc_q4_pair(uint32_t x, __half2 d2) {
     const uint32_t h = (x & 0x000F000Fu) | 0x64006400u; /* 1024 + q, both halves */
@@ -104,13 +101,7 @@ static __global__ void __launch_bounds__(GGC_MMQ_THREADS, 2) ggc_k_mmq4(const gg
         }
     };
 
-    float acc[MT][4][4];
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int k = 0; k < 4; k++) acc[i][j][k] = 0.0f;
+    float acc[MT][4][4] = {};
 
 #pragma unroll
     for (int st = 0; st < S - 1; st++) {
