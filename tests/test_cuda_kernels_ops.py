@@ -28,7 +28,7 @@ from ggc.ir.types import TYPES
 from ggc.oracle.compare import compare
 from tests.cuda_check import assert_ok, require_gpu
 from tests.kernel_check import node_inputs
-from tests.test_kernels_ops import BINARY_SHAPES, GLU, ROPES, UNARY, _flash, _mask, _rope, call, h, permuted, x
+from tests.test_kernels_ops import BINARY_SHAPES, GLU, ROPES, UNARY, _flash, _kv, _mask, _rope, call, h, permuted, x
 
 RNG = np.random.default_rng(77)
 Build = Callable[[GraphBuilder], Ref]
@@ -325,6 +325,68 @@ def test_flash_attn_tensor_cores(kv: str, d: int) -> None:
     assert_ok(_flash(kv, d=d, n_q=128, n_kv=1000, heads=4, heads_kv=4, softcap=30.0, sinks=True, max_bias=8.0), FA)
     assert_ok(_flash(kv, d=d, n_q=32, n_kv=4096, heads=4, heads_kv=1), FA)  # few blocks: split-K
     assert_ok(_flash(kv, d=d, n_q=20, n_kv=300, mask=False, seqs=2), FA)
+
+
+def _decode(d: int, heads: int, heads_kv: int, n_kv: int, pad: int = 0, holes: bool = False, *,
+            softcap: float = 0.0, max_bias: float = 0.0, sinks: bool = False, seqs: int = 1) -> Build:
+    """one query row per head (decode) against f16 K/V views of a cache; the mask is -inf over the
+    last `pad` cells (as the runtime pads n_kv past the cells in use) and, with holes, over random
+    single cells and one whole 32-key tile, with small noise elsewhere"""
+    def build(b: GraphBuilder) -> Ref:
+        q = call(b, "permute", "tiiii", x(b, d, heads, 1, seqs, name="q"), 0, 2, 1, 3)
+        k = _kv(b, "f16", d, heads_kv, n_kv, seqs * n_kv + 40, "k_cache", seqs)
+        v = _kv(b, "f16", d, heads_kv, n_kv, seqs * n_kv + 40, "v_cache", seqs)
+        m = RNG.standard_normal((1, n_kv)).astype(np.float32) * 0.5
+        if pad:
+            m[:, n_kv - pad :] = -np.inf
+        if holes:
+            m[:, RNG.choice(n_kv - pad, size=max(1, (n_kv - pad) // 9), replace=False)] = -np.inf
+            m[:, 32:64] = -np.inf
+        mask = b.tensor("f16", (n_kv, 1), "mask", input=True, data=m.astype(np.float16))
+        out = b.op("flash_attn_ext", q, k, v, mask, 1.0 / np.sqrt(d), max_bias, softcap)
+        if sinks:
+            call(b, "flash_attn_ext_add_sinks", "tt", out, x(b, heads, name="sinks"), ctx=False, returns=False)
+        return out
+
+    return build
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("heads", [4, 8, 16, 28, 64], ids=lambda h: f"gqa{h // 4}")
+@pytest.mark.parametrize("n_kv", [100, 640, 4096])
+def test_flash_attn_decode(d: int, heads: int, n_kv: int) -> None:
+    """k_fa_dec (n_q = 1, f16 K/V): GQA groups of 1, 2, 4, 7 and 16 heads (a block of 1, 2, 4 or 8
+    rows, two blocks of 8 for 16); 100 keys: one block, a partial tile; 640 and 4096: the split
+    merged by the last block to arrive, with masked padding and holes (a whole tile among them)"""
+    pad = {100: 0, 640: 200, 4096: 300}[n_kv]
+    assert_ok(_decode(d, heads, 4, n_kv, pad, holes=n_kv > 100), FA)
+
+
+@pytest.mark.parametrize("n_kv", [96, 2048])
+def test_flash_attn_decode_options(n_kv: int) -> None:
+    """softcap, ALiBi, sinks and two sequences through k_fa_dec, unsplit (96) and split (2048)"""
+    assert_ok(_decode(128, 8, 2, n_kv, 10, softcap=30.0), FA)
+    assert_ok(_decode(128, 8, 2, n_kv, 10, max_bias=8.0), FA)
+    assert_ok(_decode(64, 8, 2, n_kv, 10, holes=True, sinks=True), FA)
+    assert_ok(_decode(64, 8, 8, n_kv, 10, sinks=True), FA)
+    assert_ok(_decode(128, 8, 2, n_kv, 10, seqs=2), FA)
+
+
+def test_flash_attn_decode_repeats() -> None:
+    """the fused combine's arrival counters are back at 0 after each launch: the same split node
+    run again gives the same bytes, and ggml's result"""
+    require_gpu()
+    with GraphBuilder() as b:
+        out = _decode(128, 32, 8, 1024, 100, holes=True)(b)
+        graph, live = b.capture_live(out)
+        values = b.compute()
+        leaf = {i: b.data.get(p, bytes(graph.tensors[i].nbytes)) for i, p in enumerate(live.ptrs[: live.n_leafs])}
+    (t,) = [t for t in graph.nodes if t.op == "FLASH_ATTN_EXT"]
+    srcs, dst_init = node_inputs(graph, values, leaf, t)
+    runs = [cuda.run_node(t, srcs, dst_init) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    r = compare(t, values[t.id], runs[0])
+    assert r.ok, r.nmse
 
 
 # ---------------------------------------------------------------- flash attention: runtime KV length

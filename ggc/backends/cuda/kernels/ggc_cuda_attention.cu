@@ -10,27 +10,30 @@
  * else over all k->ne[1] cells. The mask's strides stay the graph's (its first n_kv columns are
  * read). This lets one compiled graph serve every KV length up to the cache size.
  *
- * Three kernels, one online softmax in f32 (scores kept in the log2 domain: exp2f), 128 threads:
- *  - k_fa_vec<WROWS = false> (1 < n_q < 16, q8_0 decode, D = 96): one block (4 warps) serves up to
+ * Four kernels, one online softmax in f32 (scores kept in the log2 domain: exp2f), 128 threads:
+ *  - k_fa_dec (decode, n_q = 1, f16 K/V with 16-byte aligned rows, D in {64, 128, 256}): a block
+ *    serves a GQA group (up to 8 query rows of one KV head) over a chunk of keys; each 32-key tile
+ *    of K and V is copied to shared memory by cp.async at once, so a tile costs one memory round
+ *    trip, and scores, softmax and P.V run from shared memory. Its split-K partials are merged by
+ *    the last block of each row to finish (arrival counters), not by a second launch.
+ *  - k_fa_vec (1 < n_q < 16, q8_0 or unaligned decode, D = 96): one block (4 warps) serves up to
  *    8 query rows that share one KV head (the GQA group's heads times queries; 4 rows when the
  *    group has no more), so K and V are read once per group. In a 32-key tile each lane scores one
  *    key (its K row read by the lane, Q broadcast from shared memory), the warp updates the
  *    softmax, then lanes own D/32 output dims and read V rows coalesced, 8 rows in flight. The 4
  *    warps take alternate tiles and merge through shared memory. Keys masked (-inf) for every row
  *    of the block skip their K and V loads.
- *  - k_fa_vec<WROWS = true> (decode, n_q = 1, f16 K/V): the same tile step with one row per warp,
- *    4 rows (GQA heads) per block, each warp walking the whole chunk: ~76 registers, so many more
- *    warps in flight; the 4 warps read the same K/V rows (L1/L2 hits).
  *  - k_fa_mma (n_q >= 16, D in {64, 128}, sm_80+): FlashAttention-2 with mma.sync m16n8k16 (f16
  *    inputs, f32 accumulation): a block holds 64 queries of one head (16 per warp); K/V tiles of
  *    64 keys in shared memory as f16 (cp.async, two stages, for 16-byte aligned f16 K/V; else
  *    converted from f32, bf16, q8_0 through registers); fragments through ldmatrix; P stays in
  *    registers as the A operand of P.V. Mask tiles that are -inf everywhere (the causal upper
  *    part) are skipped before K/V are loaded; without a mask the mask pass is skipped.
+ *  - k_fa_combine: merges split-K partials for the other kernels.
  * Split-K (flash-decoding): when the grid would leave the GPU idle (decode: n_q = 1), the KV range
- * is cut into chunks (multiples of 64 keys for decode, 128 otherwise), each block writes an
- * unnormalized partial (O, max, sum) to work memory, and k_fa_combine merges them (sinks join
- * there). The split depends on the node's shapes and c->n_sm only, never on data pointers.
+ * is cut into chunks (multiples of 32 keys for decode, 128 otherwise), each block writes an
+ * unnormalized partial (O, max, sum) to work memory, and they are merged (sinks join there). The
+ * split depends on the node's shapes and c->n_sm only, never on data pointers.
  *
  * Work memory: ggc_cuda_work_flash_attn_ext(node) bytes (0 when the node never splits). The split
  * count at run time never exceeds what that size allows; with less work memory it splits less.
@@ -50,11 +53,7 @@ namespace {
 
 constexpr float LOG2E = 1.4426950408889634f;
 #ifndef GGC_FA_DEC_TARGET
-#define GGC_FA_DEC_TARGET 4 /* decode: blocks wanted per SM */
-#endif
-#ifndef GGC_FA_DEC_GRAN
-#define GGC_FA_DEC_GRAN 32 /* decode: keys per chunk are a multiple of this (one tile a warp: the
-                              chain of dependent loads per warp is what a decode step waits on) */
+#define GGC_FA_DEC_TARGET 8 /* decode: blocks wanted per SM (each holds one 32-key tile in flight) */
 #endif
 constexpr int FA_CHUNK = 128;      /* split granularity (keys) of the other kernels */
 constexpr int FA_MAX_CHUNKS = 128; /* most chunks per row */
@@ -79,6 +78,7 @@ struct fa_args {
     uint32_t n_head_log2;
     float *part_o;  /* [rows][n_chunks][D] (n_chunks > 1) */
     float *part_ml; /* [rows][n_chunks][2]: max (log2 domain), sum */
+    int fused;      /* k_fa_dec: the last block of a row merges the chunks (no k_fa_combine) */
 };
 
 /* the mask multiplier of head h in the log2 domain: ALiBi slope * log2(e) */
@@ -166,16 +166,13 @@ __device__ __forceinline__ void load_n(const char *row, int i0, float *o, ggc_ty
 
 /* ------------------------------------------------------------------ vector kernel */
 
-/* WROWS false: a block serves R query rows, its 4 warps split the chunk's 32-key tiles and merge
- * at the end. WROWS true (R = 1): a block serves 4 rows, one per warp, each warp walks every tile
- * of the chunk (the 4 warps read the same K/V rows: L1/L2 hits); more warps in flight for decode. */
-template <int D, int KT, int VT, int R, bool WROWS>
+/* a block serves R query rows, its 4 warps split the chunk's 32-key tiles and merge at the end */
+template <int D, int KT, int VT, int R>
 __global__ void __launch_bounds__(128) k_fa_vec(const fa_args p) {
     GGC_PDL_BEGIN();
-    constexpr int W = 4, EPL = D / 32, BR = WROWS ? W : R; /* rows per block */
-    static_assert(!WROWS || R == 1, "one row per warp");
+    constexpr int W = 4, EPL = D / 32, BR = R; /* rows per block */
     /* Q rows and the warps' probabilities during the loop; the warps' partial outputs after it */
-    constexpr int LOOP_FLOATS = BR * D + W * R * 32, EPI_FLOATS = WROWS ? 0 : W * R * D;
+    constexpr int LOOP_FLOATS = BR * D + W * R * 32, EPI_FLOATS = W * R * D;
     __shared__ __align__(16) float smem[LOOP_FLOATS > EPI_FLOATS ? LOOP_FLOATS : EPI_FLOATS];
     __shared__ const char *s_mrow[BR];
     __shared__ float s_slope[BR], s_m[W][R], s_l[W][R];
@@ -210,9 +207,8 @@ __global__ void __launch_bounds__(128) k_fa_vec(const fa_args p) {
     }
     __syncthreads();
     /* the rows this warp computes: R from row r0 */
-    const int r0 = WROWS ? warp : 0;
-    const int nr = WROWS ? (warp < nb ? 1 : 0) : nb;
-    if (WROWS && nr == 0) return; /* no barrier follows in this mode */
+    constexpr int r0 = 0;
+    const int nr = nb;
 
     float m[R], l[R], acc[R][EPL];
 #pragma unroll
@@ -228,7 +224,7 @@ __global__ void __launch_bounds__(128) k_fa_vec(const fa_args p) {
     const char *kbase = p.k + ik2 * p.sk.nb[2] + ik3 * p.sk.nb[3];
     const char *vbase = p.v + ik2 * p.sv.nb[2] + iv3 * p.sv.nb[3];
 
-    for (int64_t t0 = kbeg + (WROWS ? 0 : warp * 32); t0 < kend; t0 += (WROWS ? 1 : W) * 32) {
+    for (int64_t t0 = kbeg + warp * 32; t0 < kend; t0 += W * 32) {
         const int64_t j = t0 + lane;
         const bool valid = j < kend;
         float s[R];
@@ -345,32 +341,6 @@ __global__ void __launch_bounds__(128) k_fa_vec(const fa_args p) {
 #pragma unroll
     for (int r = 0; r < R; r++) l[r] = ggc_warp_sum(l[r]);
 
-    if constexpr (WROWS) { /* this warp holds its row's whole chunk: write it from registers */
-        const int64_t rr = rr0 + warp, h = ik2 * p.G + rr % p.G, iq1 = rr / p.G;
-        float M = m[0], L = l[0], f = 1.0f;
-        if (p.n_chunks == 1) {
-            const float mu = M == -INFINITY ? 0.0f : M;
-            if (p.sinks) {
-                const float sk = p.sinks[h] * LOG2E;
-                const float ref = M == -INFINITY ? sk : fmaxf(mu, sk);
-                f = exp2f(mu - ref);
-                L = fmaf(L, f, exp2f(sk - ref));
-            }
-            const float sc = L > 0.0f ? f / L : 0.0f;
-            float *out = (float *)(p.dst + h * p.sd.nb[1] + iq1 * p.sd.nb[2] + iq3 * p.sd.nb[3]);
-#pragma unroll
-            for (int e = 0; e < EPL; e++) out[lane * EPL + e] = acc[0][e] * sc;
-        } else {
-            const int64_t slot = row_id(p, h, iq1, iq3) * p.n_chunks + chunk;
-#pragma unroll
-            for (int e = 0; e < EPL; e++) p.part_o[slot * D + lane * EPL + e] = acc[0][e];
-            if (lane == 0) {
-                p.part_ml[2 * slot] = M;
-                p.part_ml[2 * slot + 1] = L;
-            }
-        }
-        return;
-    } else {
     /* merge the 4 warps */
     __syncthreads(); /* sq / sp are dead: so overlays them */
 #pragma unroll
@@ -415,7 +385,6 @@ __global__ void __launch_bounds__(128) k_fa_vec(const fa_args p) {
                 p.part_ml[2 * slot + 1] = L;
             }
         }
-    }
     }
 }
 
@@ -828,6 +797,293 @@ __global__ void __launch_bounds__(128) k_fa_mma(const fa_args p, bool kvec, bool
     }
 }
 
+/* ------------------------------------------------------------------ decode kernel */
+
+constexpr int DEC_KEYS = 32;     /* keys per tile */
+constexpr int DEC_MAX_ROWS = 8;  /* query rows per block */
+#ifndef GGC_FA_DEC_SLOTS
+#define GGC_FA_DEC_SLOTS 8192 /* arrival counters: row tiles x KV heads x sequences of one launch */
+#endif
+
+/* Arrival counters of the fused combine, one per block row (row tile, KV head, sequence). Each chunk
+ * block adds one after writing its partial; the block that brings the count to n_chunks merges the
+ * chunks and sets the count back to 0, so every launch finds them at 0. Launches of one program run
+ * in stream order (the next kernel's griddepcontrol.wait sees this grid finished). */
+__device__ unsigned int g_fa_dec_arrived[GGC_FA_DEC_SLOTS];
+
+/* query rows of a decode block for a group of g rows: 1, 2, 4 or 8 (more rows: several row tiles) */
+int dec_rows_for(int64_t g) { return g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : DEC_MAX_ROWS; }
+
+/* How k_fa_dec's 128 threads split a 32-key tile. Scores: TP threads per (row, key), each a strided
+ * share of D, NRS row sets (a thread scores RPT rows of its key). P.V: a thread owns a column pair
+ * of RPV rows (RGN row groups over the block). */
+template <int D, int NR>
+struct dec_shape {
+    static constexpr int T = 128, C = DEC_KEYS;
+    static constexpr int TP = T / (C * NR) > 1 ? T / (C * NR) : 1;
+    static constexpr int NRS = T / (TP * C), RPT = NR > NRS ? NR / NRS : 1;
+    /* K row pitch (halves): the 8 threads of one 16-byte shared-memory phase (TP threads of a key,
+     * 8 / TP keys) hit distinct banks */
+    static constexpr int KP = D + 8 * TP;
+    static constexpr int CP = D / 2, RGN = T / CP, RPV = (NR + RGN - 1) / RGN;
+    static_assert(D % 64 == 0 && D <= 256 && NRS * RPT == NR, "decode tile split");
+};
+
+/* Decode attention (f16 K and V, 16-byte aligned rows; D in {64, 128, 256}): a block serves up to NR
+ * query rows of one KV head (its GQA group) over a chunk of keys, 32-key tiles. Each tile's K and V
+ * go to shared memory with cp.async at once (one memory round trip a tile; blocks per SM overlap
+ * them), then scores, the online softmax and P.V run from shared memory. With a split (n_chunks > 1)
+ * the blocks write partials and the last of a block row to arrive merges them (p.fused), or
+ * k_fa_combine does (too many block rows for the counters). */
+template <int D, int NR>
+__global__ void __launch_bounds__(128) k_fa_dec(const fa_args p) {
+    GGC_PDL_BEGIN();
+    using S = dec_shape<D, NR>;
+    constexpr int C = S::C, TP = S::TP, NRS = S::NRS, RPT = S::RPT, KP = S::KP, CP = S::CP, RGN = S::RGN,
+                  RPV = S::RPV, CH = D / 8;
+    __shared__ __align__(16) __half sK[C * KP];
+    __shared__ __align__(16) __half sV[C * D];
+    __shared__ __align__(16) float sQ[NR][D];
+    __shared__ float sP[NR][C]; /* scores, then probabilities */
+    __shared__ float s_alpha[NR], s_m[NR], s_l[NR], s_slope[NR];
+    __shared__ const char *s_mrow[NR];
+    __shared__ int s_last;
+    float *sW = (float *)sK; /* the combine's chunk weights [NR][n_chunks], once K is dead */
+    static_assert(sizeof(sK) >= sizeof(float) * NR * FA_MAX_CHUNKS, "combine weights fit over K");
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int chunk = blockIdx.x;
+    const int64_t ik2 = blockIdx.z % p.H_kv, iq3 = blockIdx.z / p.H_kv;
+    const int64_t ik3 = iq3 / p.rk3, iv3 = iq3 / p.rv3;
+    const int64_t rr0 = (int64_t)blockIdx.y * NR;
+    const int nb = (int)min((int64_t)NR, p.G * p.n_q - rr0); /* rows of the block */
+    auto head = [&](int r) { return ik2 * p.G + (rr0 + r) % p.G; };
+    auto query = [&](int r) { return (rr0 + r) / p.G; };
+
+    for (int idx = tid; idx < NR * D; idx += blockDim.x) {
+        const int r = idx / D, d = idx % D;
+        sQ[r][d] = r < nb ? *(const float *)(p.q + d * p.sq.nb[0] + query(r) * p.sq.nb[1] + head(r) * p.sq.nb[2] +
+                                             iq3 * p.sq.nb[3]) * p.qscale
+                          : 0.0f;
+    }
+    if (tid < NR) {
+        const int r = tid;
+        s_slope[r] = r < nb ? slope_log2(p, (uint32_t)head(r)) : 0.0f;
+        s_mrow[r] = p.mask && r < nb ? p.mask + query(r) * p.sm.nb[1] + (head(r) % p.sm.ne[2]) * p.sm.nb[2] +
+                                           (iq3 % p.sm.ne[3]) * p.sm.nb[3]
+                                     : nullptr;
+    }
+
+    /* score threads: share sq of key sc, rows sr + i * NRS; P.V threads: column pair pc, rows pr + i * RGN */
+    const int sq_ = tid % TP, sc = (tid / TP) % C, sr = tid / (TP * C);
+    const int pc = tid % CP, pr = tid / CP;
+    float m_w[2] = {-INFINITY, -INFINITY}, l_w[2] = {0.0f, 0.0f}; /* rows warp, warp + 4 */
+    float acc[RPV][2];
+#pragma unroll
+    for (int i = 0; i < RPV; i++) acc[i][0] = acc[i][1] = 0.0f;
+
+    const int64_t kbeg = (int64_t)chunk * p.chunk_len, kend = min(kbeg + p.chunk_len, p.n_kv);
+    const char *kbase = p.k + ik2 * p.sk.nb[2] + ik3 * p.sk.nb[3];
+    const char *vbase = p.v + ik2 * p.sv.nb[2] + iv3 * p.sv.nb[3];
+    __syncthreads();
+
+    for (int64_t t0 = kbeg; t0 < kend; t0 += C) {
+#pragma unroll
+        for (int idx = tid; idx < C * CH; idx += 128) {
+            const int key = idx / CH, ch = idx % CH;
+            const bool valid = t0 + key < kend;
+            const int64_t j = valid ? t0 + key : t0;
+            cp_async16(sK + key * KP + ch * 8, (const uint4 *)(kbase + j * p.sk.nb[1]) + ch, valid);
+            cp_async16(sV + key * D + ch * 8, (const uint4 *)(vbase + j * p.sv.nb[1]) + ch, valid);
+        }
+        cp_async_commit();
+        float mk[RPT]; /* the mask term of this thread's scores (-inf: masked, absent key or row) */
+#pragma unroll
+        for (int i = 0; i < RPT; i++) {
+            const int r = sr + i * NRS;
+            const int64_t j = t0 + sc;
+            mk[i] = -INFINITY;
+            if (r < nb && j < kend) mk[i] = s_mrow[r] ? s_slope[r] * ggc_h2f(((const uint16_t *)s_mrow[r])[j]) : 0.0f;
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+
+        float dot[RPT];
+#pragma unroll
+        for (int i = 0; i < RPT; i++) dot[i] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < CH / TP; u++) {
+            const int ch = sq_ + u * TP;
+            float kf[8];
+            h8_to_f(*(const uint4 *)(sK + sc * KP + ch * 8), kf);
+#pragma unroll
+            for (int i = 0; i < RPT; i++) {
+                const float4 qa = *(const float4 *)&sQ[sr + i * NRS][ch * 8], qb = *(const float4 *)&sQ[sr + i * NRS][ch * 8 + 4];
+                float t = dot[i];
+                t = fmaf(qa.x, kf[0], t);
+                t = fmaf(qa.y, kf[1], t);
+                t = fmaf(qa.z, kf[2], t);
+                t = fmaf(qa.w, kf[3], t);
+                t = fmaf(qb.x, kf[4], t);
+                t = fmaf(qb.y, kf[5], t);
+                t = fmaf(qb.z, kf[6], t);
+                t = fmaf(qb.w, kf[7], t);
+                dot[i] = t;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < RPT; i++) {
+#pragma unroll
+            for (int o = TP / 2; o > 0; o >>= 1) dot[i] += __shfl_xor_sync(0xffffffffu, dot[i], o);
+            float x = dot[i];
+            if (p.cap != 0.0f) x = p.cap * tanhf(x);
+            if (sq_ == 0) sP[sr + i * NRS][sc] = mk[i] + x; /* -inf stays -inf */
+        }
+        __syncthreads();
+
+        /* online softmax, a warp per row; l is kept per lane and summed at the end */
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int r = warp + 4 * i;
+            if (r < NR) {
+                const float s = sP[r][lane];
+                const float mnew = fmaxf(m_w[i], ggc_warp_max(s));
+                const float mu = mnew == -INFINITY ? 0.0f : mnew;
+                const float alpha = exp2f(m_w[i] - mu), pj = exp2f(s - mu);
+                m_w[i] = mnew;
+                l_w[i] = fmaf(l_w[i], alpha, pj);
+                sP[r][lane] = pj;
+                if (lane == 0) s_alpha[r] = alpha;
+            }
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int i = 0; i < RPV; i++) {
+            const int r = pr + i * RGN;
+            if (r < NR) {
+                const float a = s_alpha[r];
+                acc[i][0] *= a;
+                acc[i][1] *= a;
+            }
+        }
+#pragma unroll 8
+        for (int key = 0; key < C; key++) {
+            const float2 v = __half22float2(*(const __half2 *)(sV + key * D + 2 * pc));
+#pragma unroll
+            for (int i = 0; i < RPV; i++) {
+                const int r = pr + i * RGN;
+                if (r < NR) {
+                    const float w = sP[r][key];
+                    acc[i][0] = fmaf(w, v.x, acc[i][0]);
+                    acc[i][1] = fmaf(w, v.y, acc[i][1]);
+                }
+            }
+        }
+        __syncthreads(); /* the next tile's loads overwrite sK, sV and sP */
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = warp + 4 * i;
+        const float l = ggc_warp_sum(l_w[i]);
+        if (r < NR && lane == 0) {
+            s_m[r] = m_w[i];
+            s_l[r] = l;
+        }
+    }
+    __syncthreads();
+
+    auto out_row = [&](int r) {
+        return (float *)(p.dst + head(r) * p.sd.nb[1] + query(r) * p.sd.nb[2] + iq3 * p.sd.nb[3]);
+    };
+    /* 1 / L with the sink's share of the row (h: the row's head, M its max, L its sum) */
+    auto norm = [&](int r, float M, float L) {
+        float f = 1.0f;
+        if (p.sinks) {
+            const float mu = M == -INFINITY ? 0.0f : M, sk = p.sinks[head(r)] * LOG2E;
+            const float ref = M == -INFINITY ? sk : fmaxf(mu, sk);
+            f = exp2f(mu - ref);
+            L = fmaf(L, f, exp2f(sk - ref));
+        }
+        return L > 0.0f ? f / L : 0.0f;
+    };
+    if (p.n_chunks == 1) {
+#pragma unroll
+        for (int i = 0; i < RPV; i++) {
+            const int r = pr + i * RGN;
+            if (r < nb) {
+                const float sc_ = norm(r, s_m[r], s_l[r]);
+                *(float2 *)(out_row(r) + 2 * pc) = make_float2(acc[i][0] * sc_, acc[i][1] * sc_);
+            }
+        }
+        return;
+    }
+
+    auto slot_of = [&](int r) { return row_id(p, head(r), query(r), iq3) * p.n_chunks; }; /* chunk 0's */
+#pragma unroll
+    for (int i = 0; i < RPV; i++) {
+        const int r = pr + i * RGN;
+        if (r < nb) *(float2 *)(p.part_o + (slot_of(r) + chunk) * D + 2 * pc) = make_float2(acc[i][0], acc[i][1]);
+    }
+    if (tid < nb) {
+        p.part_ml[2 * (slot_of(tid) + chunk)] = s_m[tid];
+        p.part_ml[2 * (slot_of(tid) + chunk) + 1] = s_l[tid];
+    }
+    if (!p.fused) return;
+
+    __threadfence(); /* this block's partials are visible device-wide before it is counted */
+    __syncthreads();
+    if (tid == 0) {
+        unsigned int *count = &g_fa_dec_arrived[blockIdx.z * gridDim.y + blockIdx.y];
+        s_last = atomicAdd(count, 1u) == (unsigned)p.n_chunks - 1;
+        if (s_last) *count = 0; /* every block of the row has arrived: ready for the next launch */
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+
+    /* the last block: chunk weights exp2(m_c - M) per row (a warp per row), then the weighted sums;
+     * partials of other blocks are read through L2 (__ldcg) */
+    const int nc = p.n_chunks;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = warp + 4 * i;
+        if (r < nb) {
+            const float *ml = p.part_ml + 2 * slot_of(r);
+            float M = -INFINITY;
+            for (int c = lane; c < nc; c += 32) M = fmaxf(M, __ldcg(ml + 2 * c));
+            M = ggc_warp_max(M);
+            const float mu = M == -INFINITY ? 0.0f : M;
+            float L = 0.0f;
+            for (int c = lane; c < nc; c += 32) {
+                const float w = exp2f(__ldcg(ml + 2 * c) - mu);
+                sW[r * nc + c] = w;
+                L = fmaf(__ldcg(ml + 2 * c + 1), w, L);
+            }
+            L = ggc_warp_sum(L);
+            if (lane == 0) s_alpha[r] = norm(r, M, L);
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < RPV; i++) {
+        const int r = pr + i * RGN;
+        if (r < nb) {
+            const float *po = p.part_o + slot_of(r) * D + 2 * pc;
+            float o0 = 0.0f, o1 = 0.0f;
+#pragma unroll 4
+            for (int c = 0; c < nc; c++) {
+                const float2 v = __ldcg((const float2 *)(po + (int64_t)c * D));
+                const float w = sW[r * nc + c];
+                o0 = fmaf(v.x, w, o0);
+                o1 = fmaf(v.y, w, o1);
+            }
+            *(float2 *)(out_row(r) + 2 * pc) = make_float2(o0 * s_alpha[r], o1 * s_alpha[r]);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ host side */
 
 bool aligned16(const ggc_tensor *t) {
@@ -860,8 +1116,8 @@ fa_plan plan_of(const ggc_node *n, int n_sm = FA_ASSUMED_SM) {
     const int64_t D = k->ne[0], n_q = q->ne[1], H = q->ne[2], B = q->ne[3], H_kv = k->ne[2];
     const int64_t G = H_kv > 0 ? H / H_kv : 1;
     fa_plan pl;
-    /* decode of f16 K/V: a warp per row; q8_0 K/V loads are byte-granular, so they keep 4 rows per
-     * warp (the vector kernel) */
+    /* decode of f16 K/V: k_fa_dec (K and V tiles by cp.async); q8_0 K/V decode keeps the vector
+     * kernel */
     const bool f16kv = k->type == GGC_TYPE_F16 && n->src[2].type == GGC_TYPE_F16;
     pl.kind = n_q >= MMA_MIN_NQ && (D == 64 || D == 128) ? FA_MMA : n_q == 1 && D != 96 && f16kv ? FA_DEC : FA_VEC;
     pl.rows = n_q * H * B;
@@ -872,10 +1128,10 @@ fa_plan plan_of(const ggc_node *n, int n_sm = FA_ASSUMED_SM) {
         pl.target = 2;
         pl.split_below = 1;
         break;
-    case FA_DEC: /* one row per warp, 4 per block: chunks down to one 32-key tile per warp */
-        pl.base_blocks = ggc_cdiv(G * n_q, 4) * H_kv * B;
-        pl.gran = GGC_FA_DEC_GRAN;
-        pl.target = G * n_q >= 4 ? GGC_FA_DEC_TARGET : 2 * GGC_FA_DEC_TARGET; /* idle warps: more blocks */
+    case FA_DEC: /* a GQA group per block: chunks down to one 32-key tile per block */
+        pl.base_blocks = ggc_cdiv(G * n_q, dec_rows_for(G * n_q)) * H_kv * B;
+        pl.gran = DEC_KEYS;
+        pl.target = GGC_FA_DEC_TARGET;
         pl.split_below = pl.target;
         break;
     default:
@@ -909,23 +1165,33 @@ void launch_mma(const fa_args &p, dim3 grid, cudaStream_t s, bool kvec, bool vve
     else ggc_launch(k_fa_mma<D, false>, grid, 128, smem, s, p, kvec, vvec);
 }
 
-template <int D, bool WROWS>
+template <int D>
 void launch_vec(const fa_args &p, dim3 grid, cudaStream_t s, bool kvec, bool vvec) {
-    constexpr int R = WROWS ? 1 : VEC_ROWS;
+    constexpr int R = VEC_ROWS;
     /* a GQA group of <= 4 rows (q8_0 decode): 4 rows per warp, far fewer registers */
-    constexpr bool R4 = !WROWS && (D == 64 || D == 128);
+    constexpr bool R4 = D == 64 || D == 128;
     if constexpr (D == 96) { /* a rare head size: the generic kernel only */
         (void)kvec, (void)vvec;
-        ggc_launch(k_fa_vec<D, -1, -1, R, WROWS>, grid, 128, 0, s, p);
+        ggc_launch(k_fa_vec<D, -1, -1, R>, grid, 128, 0, s, p);
     } else {
         if (p.tk == GGC_TYPE_F16 && p.tv == GGC_TYPE_F16 && kvec && vvec)
-            ggc_launch(k_fa_vec<D, GGC_TYPE_F16, GGC_TYPE_F16, R, WROWS>, grid, 128, 0, s, p);
+            ggc_launch(k_fa_vec<D, GGC_TYPE_F16, GGC_TYPE_F16, R>, grid, 128, 0, s, p);
         else if (p.tk == GGC_TYPE_Q8_0 && p.tv == GGC_TYPE_Q8_0 && R4 && p.G * p.n_q <= 4)
-            ggc_launch(k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R4 ? 4 : R, WROWS>, grid, 128, 0, s, p);
+            ggc_launch(k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R4 ? 4 : R>, grid, 128, 0, s, p);
         else if (p.tk == GGC_TYPE_Q8_0 && p.tv == GGC_TYPE_Q8_0)
-            ggc_launch(k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R, WROWS>, grid, 128, 0, s, p);
+            ggc_launch(k_fa_vec<D, GGC_TYPE_Q8_0, GGC_TYPE_Q8_0, R>, grid, 128, 0, s, p);
         else
-            ggc_launch(k_fa_vec<D, -1, -1, R, WROWS>, grid, 128, 0, s, p);
+            ggc_launch(k_fa_vec<D, -1, -1, R>, grid, 128, 0, s, p);
+    }
+}
+
+template <int D>
+void launch_dec(const fa_args &p, dim3 grid, int nr, cudaStream_t s) {
+    switch (nr) {
+    case 1: ggc_launch(k_fa_dec<D, 1>, grid, 128, 0, s, p); break;
+    case 2: ggc_launch(k_fa_dec<D, 2>, grid, 128, 0, s, p); break;
+    case 4: ggc_launch(k_fa_dec<D, 4>, grid, 128, 0, s, p); break;
+    default: ggc_launch(k_fa_dec<D, DEC_MAX_ROWS>, grid, 128, 0, s, p);
     }
 }
 
@@ -1001,23 +1267,32 @@ void ggc_cuda_op_flash_attn_ext(const ggc_node *n, const ggc_cuda_ctx *c) {
 
     const bool kvec = aligned16(k), vvec = aligned16(v);
     cudaStream_t s = c->stream;
+    p.fused = 0;
     if (pl.kind == FA_MMA) {
         const dim3 grid((unsigned)ggc_cdiv(p.n_q, MMA_BQ), (unsigned)p.n_chunks, (unsigned)(p.H * p.B));
         if (D == 64) launch_mma<64>(p, grid, s, kvec, vvec);
         else launch_mma<128>(p, grid, s, kvec, vvec);
-    } else {
-        const bool dec = pl.kind == FA_DEC;
-        const int64_t row_tiles = ggc_cdiv(p.G * p.n_q, dec ? 4 : VEC_ROWS);
+    } else if (pl.kind == FA_DEC && kvec && vvec) {
+        const int nr = dec_rows_for(p.G * p.n_q);
+        const int64_t row_tiles = ggc_cdiv(p.G * p.n_q, nr);
+        if (row_tiles > 65535 || p.H_kv * p.B > 65535) GGC_FA_UNSUPPORTED("grid too large");
+        p.fused = p.n_chunks > 1 && row_tiles * p.H_kv * p.B <= GGC_FA_DEC_SLOTS;
+        const dim3 grid((unsigned)p.n_chunks, (unsigned)row_tiles, (unsigned)(p.H_kv * p.B));
+        if (D == 64) launch_dec<64>(p, grid, nr, s);
+        else if (D == 128) launch_dec<128>(p, grid, nr, s);
+        else launch_dec<256>(p, grid, nr, s);
+    } else { /* the vector kernel (also decode of unaligned f16 views, with the decode split) */
+        const int64_t row_tiles = ggc_cdiv(p.G * p.n_q, VEC_ROWS);
         if (row_tiles > 65535 || p.H_kv * p.B > 65535) GGC_FA_UNSUPPORTED("grid too large");
         const dim3 grid((unsigned)p.n_chunks, (unsigned)row_tiles, (unsigned)(p.H_kv * p.B));
         switch (D) {
-        case 64: dec ? launch_vec<64, true>(p, grid, s, kvec, vvec) : launch_vec<64, false>(p, grid, s, kvec, vvec); break;
-        case 96: launch_vec<96, false>(p, grid, s, kvec, vvec); break;
-        case 128: dec ? launch_vec<128, true>(p, grid, s, kvec, vvec) : launch_vec<128, false>(p, grid, s, kvec, vvec); break;
-        default: dec ? launch_vec<256, true>(p, grid, s, kvec, vvec) : launch_vec<256, false>(p, grid, s, kvec, vvec); break;
+        case 64: launch_vec<64>(p, grid, s, kvec, vvec); break;
+        case 96: launch_vec<96>(p, grid, s, kvec, vvec); break;
+        case 128: launch_vec<128>(p, grid, s, kvec, vvec); break;
+        default: launch_vec<256>(p, grid, s, kvec, vvec); break;
         }
     }
-    if (p.n_chunks > 1)
+    if (p.n_chunks > 1 && !p.fused)
         ggc_launch(k_fa_combine, dim3((unsigned)pl.rows, (unsigned)(D / 32), 1), 32 * (p.n_chunks < 8 ? p.n_chunks : 8), (size_t)p.n_chunks * sizeof(float), s, p, (int)D);
 }
 
