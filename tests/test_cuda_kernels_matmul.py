@@ -249,3 +249,11 @@ def test_regrouped_q4_0_product_matches_ggml(cols: int) -> None:
     and scales then come by cp.async (40: split-K over two slices; 130: 128-row tiles and a partial one)."""
     assert_ok(_mul_mat("q4_0", cols), OPS, regroup=True)
 
+
+
+@pytest.mark.parametrize("t", ["q4_0", "q6_K"])
+def test_one_column_product_in_128_thread_blocks(t: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rows of at most 2048 elements run ggc_k_gemv1 in 64-thread blocks; GGC_GEMV1_NT=128 keeps the
+    128-thread block (a thread of two without an item), which must match ggml as well"""
+    monkeypatch.setenv("GGC_GEMV1_NT", "128")
+    assert_ok(_mul_mat(t, 1), OPS, regroup=t == "q4_0")

@@ -221,7 +221,7 @@ def test_rope_stores_k_into_its_cache_rows(llama_q4_0: Graph) -> None:
     from ggc.backends.cuda.emit import _library_call
 
     g = llama_q4_0
-    groups = make_groups(g, live_nodes(g), CUDA_FUSION)
+    groups = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, twins=frozenset()))
     stores = [grp for grp in groups if [t.op for t in grp.nodes] == ["ROPE", "SET_ROWS"]]
     n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
     assert len(stores) == n_layers  # K's ROPE in every layer; Q's ROPE is read by attention, not stored
@@ -250,6 +250,42 @@ def test_rope_stores_k_into_its_cache_rows(llama_q4_0: Graph) -> None:
 
     assert ["ROPE", "SET_ROWS"] in rope_into_cache(False)
     assert ["ROPE", "SET_ROWS"] not in rope_into_cache(True)
+
+
+def test_q_and_k_ropes_run_as_twins(llama_q4_0: Graph) -> None:
+    """Q's ROPE and K's, with the same positions and parameters, as one launch; K's rows still go
+    straight into the cache"""
+    from ggc.backends.cuda.emit import _library_call
+    from ggc.capture.builder import GraphBuilder
+
+    g = llama_q4_0
+    n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
+    twins = [grp for grp in make_groups(g, live_nodes(g), CUDA_FUSION) if grp.nodes[0].op == "ROPE"]
+    assert len(twins) == n_layers
+    for grp in twins:
+        q, k, store = grp.nodes
+        assert [q.op, k.op, store.op] == ["ROPE", "ROPE", "SET_ROWS"]
+        assert q.name.startswith("Qcur") and k.name.startswith("Kcur") and store.src[2].name.startswith("cache_k")
+        assert grp.outputs == [q, store]  # Q for attention; the roped K only in its cache rows
+        call = _library_call(grp)
+        assert call is not None and call.op is q and call.dst is q
+        assert call.srcs[3] is None and call.srcs[4] is k.src[0] and call.srcs[5] is store
+        assert call.srcs[6] is store.src[1]
+
+    def ropes(base2: float, chained: bool) -> list[list[str]]:
+        with GraphBuilder() as b:
+            x = b.tensor("f32", (8, 4, 3), "x", input=True)
+            y = b.tensor("f32", (8, 2, 3), "y", input=True)
+            pos = b.tensor("i32", (3,), "pos", input=True)
+            rx = b.op("rope_ext", x, pos, None, 8, 0, 64, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+            src = b.op("view_3d", rx, 8, 2, 3, 32, 128, 0) if chained else y
+            ry = b.op("rope_ext", src, pos, None, 8, 0, 64, base2, 1.0, 0.0, 1.0, 0.0, 0.0)
+            g = b.capture(b.op("mul_mat", rx, ry))  # both ROPEs before their reader, in this order
+        return [[t.op for t in grp.nodes] for grp in make_groups(g, live_nodes(g), CUDA_FUSION)]
+
+    assert ["ROPE", "ROPE"] in ropes(10000.0, False)
+    assert ["ROPE", "ROPE"] not in ropes(500000.0, False)  # other parameters
+    assert ["ROPE", "ROPE"] not in ropes(10000.0, True)  # the second reads the first
 
 
 def test_embedding_stays_in_host_memory(llama_q4_0: Graph) -> None:

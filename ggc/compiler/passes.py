@@ -35,6 +35,9 @@ SIBLING_PRODUCTS = frozenset({"MUL_MAT"})
 # Ops whose kernel can write its rows straight into the rows of a cache that the SET_ROWS reading it
 # picks (K after ROPE: the roped rows never go to memory on their own).
 ROW_STORES = frozenset({"ROPE"})
+# Ops of which two consecutive nodes with the same parameters and the same sources past the first
+# (Q's and K's ROPE: positions, frequency factors) may run as one launch over both inputs.
+TWINS = frozenset({"ROPE"})
 MAX_SIBLINGS = 3
 
 
@@ -46,7 +49,8 @@ class Fusion:
     products that run together with their `siblings` (other products of the same input), and ops
     whose kernel `stores` its rows into the cache rows of the SET_ROWS that alone reads them;
     `sibling_stores`: one product of a sibling launch (not the first) may store its result that way
-    too (V into its cache)."""
+    too (V into its cache); `twins`: two consecutive nodes of one of these ops that differ in their
+    first source only run as one launch (the second may then store its rows, as above)."""
 
     elementwise: frozenset[str] = ELEMENTWISE
     heads: frozenset[str] = frozenset()
@@ -55,6 +59,7 @@ class Fusion:
     siblings: frozenset[str] = frozenset()
     stores: frozenset[str] = frozenset()
     sibling_stores: bool = False
+    twins: frozenset[str] = frozenset()
 
 
 ELEMENTWISE_FUSION = Fusion()  # elementwise chains only: the default
@@ -150,11 +155,16 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
                     taken.add(store)
             continue
         prev = current.nodes[-1] if current is not None else None
+        if (prev is not None and prev.op in fusion.twins and len(current.nodes) == 1 and t.op == prev.op
+                and _twins_ok(prev, t, users, outputs)):
+            current.nodes.append(t)
+            continue
+        twin = current is not None and len(current.nodes) == 2 and current.nodes[0].op == prev.op in fusion.twins
         if (prev is not None and prev.op in epilogues and len(current.nodes) == 1 and t.op == "ADD"
                 and _add_epilogue_ok(prev, t, users, outputs)):
             current.nodes.append(t)
             continue
-        if (prev is not None and prev.op in fusion.stores and len(current.nodes) == 1 and t.op == "SET_ROWS"
+        if (prev is not None and prev.op in fusion.stores and (len(current.nodes) == 1 or twin) and t.op == "SET_ROWS"
                 and _row_store_ok(prev, t, users, outputs) and t.ne[0] == prev.ne[0] * prev.ne[1]):
             current.nodes.append(t)
             continue
@@ -217,6 +227,17 @@ def _one_column_weight_ok(w: Tensor) -> bool:
     """A weight the fused one-column kernels read: quantized, or float rows of whole 16-byte groups
     of 8 elements (their vector loads; the arena aligns every buffer to 64 bytes)."""
     return w.type.blck_size > 1 or (w.ne[0] % 8 == 0 and w.nb[1] % 16 == 0)
+
+
+def _twins_ok(a: Tensor, b: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:
+    """b, right after a in execution order, computes the same function of another first source: the same
+    op parameters and the same later sources (positions, frequency factors), and the same shape and
+    types; b's input was ready before a (it is not a's result), and both write their own f32 memory."""
+    return (a.params == b.params and a.raw == b.raw and len(a.src) == len(b.src)
+            and all(x is y for x, y in zip(a.src[1:], b.src[1:]))
+            and b.src[0] is not None and root(b.src[0]) is not a and a.ne[2:] == b.ne[2:] and a.ne[0] == b.ne[0]
+            and a.type is b.type and a.src[0] is not None and a.src[0].type is b.src[0].type
+            and a.type.name == "f32" and a.view_src is None and b.view_src is None)
 
 
 def _row_store_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outputs: set[int]) -> bool:

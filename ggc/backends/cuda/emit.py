@@ -24,6 +24,7 @@ from ...compiler.passes import (
     ROW_HEADS,
     ROW_STORES,
     SIBLING_PRODUCTS,
+    TWINS,
     Fusion,
     Group,
     root,
@@ -55,9 +56,10 @@ DEFAULT_ARCHS = ("80", "86", "89", "90")
 # GPU against ggml: no tiny model has a NORM); products storing through a residual ADD, gate/up
 # products with their SWIGLU, and the matrix-vector products of one input (Q, K, V), each as one call
 # of the matrix-product kernel, one of which may store V straight into its cache rows; ROPE storing K
-# straight into its cache rows, as one ROPE call (_library_call)
+# straight into its cache rows, and Q's and K's ROPE (twins) as one launch, each a ROPE call (_library_call)
 CUDA_FUSION = Fusion(elementwise=FUSABLE, heads=ROW_HEADS & frozenset({"RMS_NORM"}), epilogues=ADD_EPILOGUES,
-                     glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS, stores=ROW_STORES, sibling_stores=True)
+                     glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS, stores=ROW_STORES, sibling_stores=True,
+                     twins=TWINS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,6 +184,8 @@ def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
 def _library_call(grp: Group) -> Call | None:
     """Fused groups that run as one call of a library kernel, whose hidden results never go to memory:
     - ROPE then the SET_ROWS that stores its rows: the SET_ROWS' indices are src[3], dst its cache;
+    - two ROPEs of one kind (twins: Q's and K's): the second's input and result are src[4] and src[5],
+      and when its SET_ROWS joined, src[5] is that cache and src[6] the indices;
     - MUL_MAT then the ADD that alone reads it: the ADD's other operand is src[2], added as it stores;
     - two matrix-vector products then the SWIGLU of them: the second weight is src[3], the kernel
       reads the shared input once and stores silu(first) * second;
@@ -189,9 +193,13 @@ def _library_call(grp: Group) -> Call | None:
       src[6], src[7]; one launch covers the rows of all. A product whose SET_ROWS joined the group
       has that SET_ROWS (the cache rows) as its result, and the indices are src[9]."""
     if grp.nodes[0].op in CUDA_FUSION.stores:
-        rope, store = grp.nodes
-        return Call(rope, store, [rope.src[0], rope.src[1], rope.src[2] if len(rope.src) > 2 else None,
-                                  store.src[1]])
+        rope, *rest = grp.nodes
+        srcs = [rope.src[0], rope.src[1], rope.src[2] if len(rope.src) > 2 else None]
+        if rest[0].op == "SET_ROWS":
+            return Call(rope, rest[0], srcs + [rest[0].src[1]])
+        twin, store = rest[0], rest[1] if len(rest) > 1 else None
+        return Call(rope, rope, srcs + [None, twin.src[0], store if store is not None else twin,
+                                        store.src[1] if store is not None else None])
     if grp.nodes[0].op not in CUDA_FUSION.epilogues | CUDA_FUSION.siblings:
         return None
     if all(t.op == "MUL_MAT" for t in grp.nodes[:-1]) and grp.nodes[-1].op in ("MUL_MAT", "SET_ROWS"):

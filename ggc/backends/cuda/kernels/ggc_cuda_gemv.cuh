@@ -99,10 +99,16 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
  * SWIGLU: the ROWS output rows read gate rows from a.w and up rows from a.w2 (2 ROWS weight rows) and
  * store silu(gate) * up, as ggml's SWIGLU of the two products (silu in f32: x / (1 + e^-x)). */
 #define GGC_GEMV1_THREADS 128
-template <ggc_type T, int ROWS, bool SWIGLU>
-static __global__ void __launch_bounds__(GGC_GEMV1_THREADS) ggc_k_gemv1(const ggc_mm_args a) {
+/* rows of at most 64 sub-blocks (K <= 2048) take 64-thread blocks: a thread an item either way, no
+ * idle half, twice the blocks on the device */
+static inline int ggc_gemv1_threads(int64_t K) {
+    const char *env = getenv("GGC_GEMV1_NT"); /* =128: one block size for every K (for measuring) */
+    return K <= 64 * 32 && !(env && atoi(env) == 128) ? 64 : GGC_GEMV1_THREADS;
+}
+template <ggc_type T, int ROWS, bool SWIGLU, int NT = GGC_GEMV1_THREADS>
+static __global__ void __launch_bounds__(NT) ggc_k_gemv1(const ggc_mm_args a) {
     GGC_PDL_WAIT_UNLESS(a.w_const);
-    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = GGC_GEMV1_THREADS / 32, NT = GGC_GEMV1_THREADS;
+    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS, NW = NT / 32;
     __shared__ float red[2][WR][NW]; /* by group parity: one barrier a group */
     const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
     const int64_t z = blockIdx.y;

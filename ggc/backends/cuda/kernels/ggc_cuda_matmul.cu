@@ -1046,10 +1046,12 @@ template <ggc_type T> mm_kernel mmq_kernel(int mt, bool vec) {
 int gemv_rows_per_block(bool quant, bool swiglu) {
     return quant ? (swiglu ? 1 : GGC_GEMV1_ROWS) : GGC_GEMVF1_WARPS * (swiglu ? 1 : GGC_GEMVF1_ROWS);
 }
-mm_kernel pick_gemv1(ggc_type t, bool swiglu) {
+mm_kernel pick_gemv1(ggc_type t, bool swiglu, int nt) {
     switch (t) {
-#define X(T) \
-    case T: return swiglu ? ggc_k_gemv1<T, 1, true> : ggc_k_gemv1<T, GGC_GEMV1_ROWS, false>;
+#define X(T)                                                                                                 \
+    case T:                                                                                                  \
+        if (nt == 64) return swiglu ? ggc_k_gemv1<T, 1, true, 64> : ggc_k_gemv1<T, GGC_GEMV1_ROWS, false, 64>; \
+        return swiglu ? ggc_k_gemv1<T, 1, true> : ggc_k_gemv1<T, GGC_GEMV1_ROWS, false>;
         GGC_MM_TYPES(X)
 #undef X
     default: return nullptr;
@@ -1058,7 +1060,7 @@ mm_kernel pick_gemv1(ggc_type t, bool swiglu) {
 /* ggc_k_gemv1's grid for `groups` row groups: at most as many blocks as the device holds at once, each
  * then covering several groups. GGC_GEMV1_BLOCKS=0: one block a group (for measuring); =N: at most N
  * blocks (for tests of the several-groups path on small products). */
-dim3 gemv1_grid(mm_kernel k, ggc_mm_args &a, int64_t groups, int64_t nz, const ggc_cuda_ctx *ctx) {
+dim3 gemv1_grid(mm_kernel k, int nt, ggc_mm_args &a, int64_t groups, int64_t nz, const ggc_cuda_ctx *ctx) {
     static struct {
         mm_kernel k;
         int per_sm;
@@ -1074,7 +1076,7 @@ dim3 gemv1_grid(mm_kernel k, ggc_mm_args &a, int64_t groups, int64_t nz, const g
     while (i < nseen && seen[i].k != k) i++;
     if (i < nseen) {
         per_sm = seen[i].per_sm;
-    } else if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, GGC_GEMV1_THREADS, 0) != cudaSuccess) {
+    } else if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, nt, 0) != cudaSuccess) {
         cudaGetLastError();
         per_sm = 0;
     } else if (nseen < 64) {
@@ -1250,9 +1252,10 @@ void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cud
                         "(one may be f16/bf16 cache rows, with src[9] its one index)");
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     if (quant) {
-        const mm_kernel k = pick_gemv1(w->type, false);
-        const dim3 grid = gemv1_grid(k, a, a.seg_block[a.nseg], 1, ctx);
-        ggc_launch(k, grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
+        const int nt = ggc_gemv1_threads(a.K);
+        const mm_kernel k = pick_gemv1(w->type, false, nt);
+        const dim3 grid = gemv1_grid(k, nt, a, a.seg_block[a.nseg], 1, ctx);
+        ggc_launch(k, grid, nt, 0, ctx->stream, a);
     } else {
         ggc_launch(pick_gemvf1(w->type, false), dim3((unsigned)a.seg_block[a.nseg], 1), GGC_GEMVF1_WARPS * 32, 0,
                    ctx->stream, a);
@@ -1310,9 +1313,10 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         return;
     }
     if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged_mmv())) { /* batch-1 decode */
-        const mm_kernel k = pick_gemv1(w->type, a.w2 != nullptr);
-        const dim3 grid = gemv1_grid(k, a, ggc_cuda_grid(a.N, gemv_rows_per_block(true, a.w2)), a.ne12 * a.ne13, ctx);
-        ggc_launch(k, grid, GGC_GEMV1_THREADS, 0, ctx->stream, a);
+        const int nt = ggc_gemv1_threads(a.K);
+        const mm_kernel k = pick_gemv1(w->type, a.w2 != nullptr, nt);
+        const dim3 grid = gemv1_grid(k, nt, a, ggc_cuda_grid(a.N, gemv_rows_per_block(true, a.w2)), a.ne12 * a.ne13, ctx);
+        ggc_launch(k, grid, nt, 0, ctx->stream, a);
         return;
     }
     if (p == PATH_MMVF && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && gemvf1_ok(w)) { /* batch-1 decode */

@@ -768,6 +768,13 @@ struct rope_args {
     const char *rows;
     bool rows64;
     int64_t n_rows, row_nb;
+    int64_t head_tiles; /* grid z blocks of this ROPE: > 1 splits its heads into tiles of blockDim.y */
+};
+/* one launch of one or two ROPEs (twins: the same positions and parameters, Q's and K's heads); grid z
+ * blocks [0, z_split) are the first's head tiles, the rest the second's */
+struct rope_launch {
+    rope_args s[2];
+    unsigned z_split;
 };
 
 /* where head i1 of token (i2, i3) goes */
@@ -817,13 +824,13 @@ __device__ float rope_theta(const rope_args &p, int64_t i2, int64_t pp) {
 }
 
 /* grid: x = token (i2 + ne2 * i3), y = pair tiles, z = head tiles; block (pairs, heads): a decode
- * step's one token still spreads over many blocks (a block per token alone ran its heads serially) */
-__global__ void k_rope(rope_args p) {
-    GGC_PDL_BEGIN();
+ * step's one token still spreads over many blocks (a block per token alone ran its heads serially).
+ * z: this ROPE's head tile */
+__device__ __forceinline__ void rope_block(const rope_args &p, int64_t z) {
     const int64_t t = blockIdx.x, ne2 = p.sd.ne[2], i2 = t % ne2, i3 = t / ne2, ne1 = p.sd.ne[1];
     const int64_t pp = (int64_t)blockIdx.y * blockDim.x + threadIdx.x;
-    const bool tiled = gridDim.z > 1;
-    const int64_t h0 = tiled ? (int64_t)blockIdx.z * blockDim.y : 0, h1 = tiled ? min(ne1, h0 + (int64_t)blockDim.y) : ne1;
+    const bool tiled = p.head_tiles > 1;
+    const int64_t h0 = tiled ? z * blockDim.y : 0, h1 = tiled ? min(ne1, h0 + (int64_t)blockDim.y) : ne1;
     if (pp < p.n_pairs && h0 < ne1) {
         float theta = rope_theta(p, i2, pp);
         if (p.ff) theta /= p.ff[pp];
@@ -849,7 +856,7 @@ __global__ void k_rope(rope_args p) {
             ggc_store_f(y + (j + p.offset) * p.sd.nb[0], p.td, fmaf(x0, sn, x1 * cs));
         }
     }
-    if (p.copy_rest && blockIdx.y == 0 && blockIdx.z == 0) { /* channels outside the rotated span pass through */
+    if (p.copy_rest && blockIdx.y == 0 && z == 0) { /* channels outside the rotated span pass through */
         const int64_t nrest = p.sd.ne[0] - p.n_dims;
         const int nt = blockDim.x * blockDim.y;
         for (int64_t idx = threadIdx.y * blockDim.x + threadIdx.x; idx < ne1 * nrest; idx += nt) {
@@ -860,6 +867,12 @@ __global__ void k_rope(rope_args p) {
             if (y) ggc_store_f(y + i0 * p.sd.nb[0], p.td, v);
         }
     }
+}
+
+__global__ void k_rope(const rope_launch L) {
+    GGC_PDL_BEGIN();
+    if (blockIdx.z < L.z_split) rope_block(L.s[0], blockIdx.z); /* each branch reads its arguments in place */
+    else rope_block(L.s[1], blockIdx.z - L.z_split);
 }
 
 float rope_corr_dim(int n_dims, int n_ctx_orig, float n_rot, float base) {
@@ -1025,12 +1038,12 @@ GLU_ENTRY(geglu_erf)
 GLU_ENTRY(geglu_quick)
 GLU_ENTRY(swiglu_clamp)
 
-/* src[3], when present (the generated program adds it for a ROPE whose only reader is a SET_ROWS
- * of its rows, and checked the shapes): SET_ROWS' row indices, one per token; dst is then the
- * SET_ROWS' destination (a float cache, [ne0 * ne1 of src0, rows]) and the roped rows go there */
-void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
-    const ggc_tensor *a = &n->src[0], *pos = &n->src[1], *d = &n->dst, *ix = &n->src[3];
-    const bool to_rows = ix->data != nullptr;
+namespace {
+/* one ROPE of node n's parameters: a -> d, or (ix: SET_ROWS' indices) into the rows of cache d that ix
+ * picks; block (bx, by) and its pair tiles are the same for every ROPE of these parameters */
+rope_args rope_of(const ggc_node *n, const ggc_tensor *a, const ggc_tensor *d, const ggc_tensor *ix) {
+    const ggc_tensor *pos = &n->src[1];
+    const bool to_rows = ix && ix->data != nullptr;
     if (!is_float_type(a->type) || !is_float_type(d->type) || (!to_rows && a->type != d->type) ||
         pos->type != GGC_TYPE_I32)
         GGC_UNSUPPORTED("ROPE of types %d -> %d, positions %d", a->type, d->type, pos->type);
@@ -1077,18 +1090,43 @@ void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
     p.step = (p.mode & MODE_NEOX) || (p.mode & MODE_MROPE) ? 1 : 2;
     p.offset = vision ? p.n_dims : p.step == 1 ? p.n_dims / 2 : 1;
     p.copy_rest = !vision && p.sd.ne[0] > p.n_dims && !same_view(a, d);
+    p.head_tiles = 1;
+    return p;
+}
+} // namespace
+
+/* src[3], when present (the generated program adds it for a ROPE whose only reader is a SET_ROWS
+ * of its rows, and checked the shapes): SET_ROWS' row indices, one per token; dst is then the
+ * SET_ROWS' destination (a float cache, [ne0 * ne1 of src0, rows]) and the roped rows go there.
+ * src[4], when present: a twin ROPE (the same positions, frequency factors and parameters, as the
+ * generated program checked) of input src[4] into src[5], or into the cache rows src[6] picks. */
+void ggc_cuda_op_rope(const ggc_node *n, const ggc_cuda_ctx *c) {
+    const bool twin = n->src[4].data != nullptr;
+    rope_launch L;
+    L.s[0] = rope_of(n, &n->src[0], &n->dst, &n->src[3]);
+    L.s[1] = twin ? rope_of(n, &n->src[4], &n->src[5], &n->src[6]) : L.s[0];
+    const rope_args &p = L.s[0];
     const int64_t tokens = p.sd.ne[2] * p.sd.ne[3];
-    if (tokens <= 0 || p.sd.ne[1] <= 0) return;
-    if (p.n_pairs < 1 && !p.copy_rest) return;
+    if (twin && L.s[1].sd.ne[2] * L.s[1].sd.ne[3] != tokens) GGC_UNSUPPORTED("twin ROPEs of different token counts");
+    if (tokens <= 0) return;
+    if (p.n_pairs < 1 && !p.copy_rest && !L.s[1].copy_rest) return;
     int bx = (int)((p.n_pairs + 31) / 32) * 32;
     if (bx < 32) bx = 32;
     if (bx > 128) bx = 128;
     const int by = 128 / bx;
     const int64_t gy = p.n_pairs > 0 ? ggc_cdiv(p.n_pairs, bx) : 1;
     /* head tiles: enough blocks to fill the GPU for one token, one tile for long batches */
-    const int64_t gz = tokens >= 64 ? 1 : ggc_cdiv(p.sd.ne[1], by);
+    int64_t gz = 0;
+    for (int k = 0; k < (twin ? 2 : 1); k++) {
+        const int64_t heads = L.s[k].sd.ne[1];
+        L.s[k].head_tiles = tokens >= 64 ? 1 : ggc_cdiv(heads, by);
+        if (heads <= 0) L.s[k].head_tiles = 0; /* nothing to rope: no blocks */
+        if (k == 0) L.z_split = (unsigned)L.s[0].head_tiles;
+        gz += L.s[k].head_tiles;
+    }
+    if (gz == 0) return;
     if (tokens > 0x7fffffff || gy > 65535 || gz > 65535) GGC_UNSUPPORTED("ROPE grid too large");
-    ggc_launch(k_rope, dim3((unsigned)tokens, (unsigned)gy, (unsigned)gz), dim3(bx, by, 1), 0, c->stream, p);
+    ggc_launch(k_rope, dim3((unsigned)tokens, (unsigned)gy, (unsigned)gz), dim3(bx, by, 1), 0, c->stream, L);
 }
 
 void ggc_cuda_op_soft_max(const ggc_node *n, const ggc_cuda_ctx *c) {
