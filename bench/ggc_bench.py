@@ -12,7 +12,9 @@ around each replay. llama-bench copies each token's logits to the host instead; 
 copy would cost ggc ("read", not part of the step). The program is compiled for exactly the
 prefill batch (--prompt) and a context of prompt + gen tokens, as llama-bench sizes its context.
 --prepare only captures, compiles and builds the program (into the on-disk cache) and exits, so
-that the timed run later starts from the cache on an idle CPU.
+that the timed run later starts from the cache on an idle CPU. --ranks R runs the program
+tensor-parallel on R GPUs: compiled here once, then R processes (one a GPU, NCCL) each run the
+same measurement in step, and rank 0 reports.
 """
 
 from __future__ import annotations
@@ -30,18 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ggc.errors import GgcError  # noqa: E402
 from ggc.llm.model import Model  # noqa: E402
+from ggc.runtime.ranks import launch_ranks, rank_env  # noqa: E402
 
 
-def prepare(path: str, target: str, n_prompt: int, n_gen: int) -> dict:
+def prepare(path: str, target: str, n_prompt: int, n_gen: int, ranks: int = 1, sums: bool = False) -> dict:
     t0 = time.perf_counter()
-    with Model(path, target=target, ctx=n_prompt + n_gen, batch=n_prompt) as m:
-        return {"model": Path(path).name, "target": m.target, "cached_program": m.stats.cached,
+    # several ranks: compiled and built only, the processes of the run load their shares
+    with Model(path, target=target, ctx=n_prompt + n_gen, batch=n_prompt, ranks=ranks, load=ranks == 1,
+               partial_sums=sums) as m:
+        return {"model": Path(path).name, "target": m.target, "ranks": ranks, "cached_program": m.stats.cached,
                 "first_start_s": round(time.perf_counter() - t0, 2)}
 
 
-def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
+def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int, ranks: int = 1, sums: bool = False) -> dict:
     t0 = time.perf_counter()
-    m = Model(path, target=target, ctx=n_prompt + n_gen, batch=n_prompt)
+    m = Model(path, target=target, ctx=n_prompt + n_gen, batch=n_prompt, ranks=ranks, partial_sums=sums)
     start_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     prompt = [int(x) for x in rng.integers(3, m.n_vocab, n_prompt)]  # past the specials, like random text
@@ -68,6 +73,8 @@ def bench(path: str, target: str, n_prompt: int, n_gen: int, reps: int) -> dict:
     res = {
         "model": Path(path).name,
         "target": m.target,
+        "ranks": ranks,
+        "partial_sums": sums,
         "n_prompt": n_prompt,
         "n_gen": n_gen,
         "ctx": m.ctx,
@@ -149,15 +156,23 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", help="write the result here too")
     ap.add_argument("--prepare", action="store_true", help="only compile and build the program, then exit")
+    ap.add_argument("--ranks", type=int, default=1, help="tensor-parallel processes (one a GPU for cuda)")
+    ap.add_argument("--partial-sums", action="store_true", help="with --ranks: Megatron's all-reduce scheme")
     a = ap.parse_args()
+    where = rank_env() if a.ranks > 1 else None
     try:
         if a.prepare:
-            res = prepare(a.model, a.target, a.prompt, a.gen)
+            res = prepare(a.model, a.target, a.prompt, a.gen, a.ranks, a.partial_sums)
+        elif a.ranks > 1 and where is None:  # compile once here, then start the ranks, which run this again
+            prepare(a.model, a.target, a.prompt, a.gen, a.ranks, a.partial_sums)
+            return launch_ranks(a.ranks, [sys.executable, *sys.argv], a.target).returncode
         else:
-            res = bench(a.model, a.target, a.prompt, a.gen, a.reps)
+            res = bench(a.model, a.target, a.prompt, a.gen, a.reps, a.ranks, a.partial_sums)
     except GgcError as e:
         print(f"ggc_bench: {e}", file=sys.stderr)
         return 2
+    if where and where[0]:
+        return 0  # rank 0 reports for all
     print(json.dumps(res, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")

@@ -127,18 +127,19 @@ def cmd_verify(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     evaluator = a.target
     if a.ranks > 1:
-        if a.target != "c":
-            raise GgcError("verify --ranks needs --target c (MPI ranks of the generated C program)")
+        if a.target not in ("c", "cuda"):
+            raise GgcError("verify --ranks needs --target c (MPI ranks) or cuda (NCCL, one rank a GPU)")
         from .oracle.ranks import ranks_evaluator
 
-        evaluator = ranks_evaluator(a.ranks)
+        evaluator = ranks_evaluator(a.ranks, exact=not a.partial_sums, target=a.target)
     res = verify_model(model, a.tokens, a.outputs, _session_opts(a), target=evaluator, graph_file=a.graph)
     print(format_table(res.results, "1-rank" if a.ranks > 1 else "chained"))
     what = "decode" if a.tokens == 1 else "prefill"
     target = {"ggml": "ggml-cpu (rebuilt from the IR)"}.get(a.target, f"{a.target} (generated program, each group "
               "on the reference's inputs; 'chained' is the whole program on its own values)")
     if a.ranks > 1:
-        target = (f"c on {a.ranks} MPI ranks (each group on its part of the reference's inputs; 'nmse' against "
+        how = "MPI ranks" if a.target == "c" else "GPUs (NCCL)"
+        target = (f"{a.target} on {a.ranks} {how} (each group on its part of the reference's inputs; 'nmse' against "
                   "llama.cpp, '1-rank' against the unpartitioned program on the same inputs)")
     print(f"{model.name}: {what} N={a.tokens}, target {target}: "
           f"{'PASS' if res.ok else 'FAIL'} in {time.perf_counter() - t0:.1f}s")
@@ -154,9 +155,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     if a.ranks > 1:
         from .compiler.partition import partition, summary
 
-        if a.target != "c":
-            raise GgcError("--ranks needs --target c (MPI): the CUDA target runs on one GPU for now")
-        parts = partition([graph], a.ranks)
+        parts = partition([graph], a.ranks, exact=not a.partial_sums)
         print(f"partitioned for {a.ranks} ranks: {summary(parts)}")
         graph = parts[0].graph
     if a.target == "cuda":
@@ -166,7 +165,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
     print(f"wrote {out}/: {len(p.groups)} kernel groups, arena {p.size} bytes "
           f"(scratch {p.region_size['scratch']}); build with: make -C {out}"
           + (" (nvcc; ARCH=90 for one architecture)" if a.target == "cuda" else "")
-          + (f" (mpicc), run with: mpirun -n {a.ranks} {out}/model MODEL.gguf ..." if a.ranks > 1 else ""))
+          + (f" (mpicc), run with: mpirun -n {a.ranks} {out}/model MODEL.gguf ..." if a.ranks > 1 and a.target == "c"
+             else f" (NCCL), run {a.ranks} processes as {out}/README.md says" if a.ranks > 1 else ""))
     if a.ranks > 1:
         ggraph.save(graph, out / "rank.ggraph")  # what every rank runs, for inspection
     if a.build:
@@ -176,6 +176,9 @@ def cmd_compile(a: argparse.Namespace) -> int:
         print(f"built {out}/model and {out}/libmodel.so")
     return 0
 
+
+PARTIAL_SUMS_HELP = ("with --ranks: Megatron's scheme, products split along their sums and all-reduced (fewer "
+                     "collectives; equal to rounding) instead of every value exactly as on one rank")
 
 DEFAULT_PROMPT = "Once upon a time, in a quiet village by the sea, there lived an old fisherman who"
 
@@ -201,7 +204,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     prompt = a.prompt if a.prompt is not None else DEFAULT_PROMPT
     sampler = Sampler(a.temp, a.top_k, a.top_p, a.seed)
     quiet = {"progress": None} if where else {}  # the command that started the ranks showed the progress
-    with Model(path, target=a.target, ctx=a.ctx, batch=a.batch, threads=a.threads, ranks=a.ranks, **quiet) as m:
+    with Model(path, target=a.target, ctx=a.ctx, batch=a.batch, threads=a.threads, ranks=a.ranks,
+               partial_sums=a.partial_sums, **quiet) as m:
         st = m.stats
         if not rank:
             print(f"ggc: ready in {st.start_s:.1f}s ({'cached program' if st.cached else 'compiled now'})",
@@ -227,19 +231,18 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def _run_ranks(a: argparse.Namespace, path: Path) -> int:
-    """Compile and build here, with progress shown, then run this same command once per rank under
-    mpirun (each process learns its rank from MPI and finds the program built)."""
-    import subprocess
-
+    """Compile and build here, with progress shown, then run this same command once per rank (under
+    mpirun for C, one process a GPU for CUDA: runtime/ranks.py); each process learns its rank from its
+    environment and finds the program built."""
     from .llm.model import Model
-    from .runtime.ranks import mpirun_command
+    from .runtime.ranks import launch_ranks
 
-    if a.target != "c":
-        raise GgcError("--ranks needs the C target (MPI): the CUDA target runs on one GPU for now")
-    cmd = mpirun_command(a.ranks) + [sys.executable, "-m", "ggc", *a.argv]
-    Model(path, target=a.target, ctx=a.ctx, batch=a.batch, ranks=a.ranks, load=False).close()
-    print(f"ggc: starting {a.ranks} ranks with mpirun", file=sys.stderr)
-    return subprocess.run(cmd).returncode
+    m = Model(path, target=a.target, ctx=a.ctx, batch=a.batch, ranks=a.ranks, load=False, partial_sums=a.partial_sums)
+    m.close()
+    argv = [*a.argv, "--target", m.target]  # the target it settled on (cuda falls back to c without a GPU)
+    how = "with mpirun" if m.target == "c" else "one a GPU (NCCL)"
+    print(f"ggc: starting {a.ranks} ranks {how}", file=sys.stderr)
+    return launch_ranks(a.ranks, [sys.executable, "-m", "ggc", *argv], m.target).returncode
 
 
 def _check(a: argparse.Namespace, path: Path, prompt: list[int], ours: list[int]) -> int:
@@ -350,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the captured graph node by node against llama.cpp")
     p.add_argument("model", nargs="?", help="MODEL.gguf (default: built-in tiny model)")
     p.add_argument("--graph", help="an exported .ggraph to check (must be the graph llama.cpp builds)")
-    p.add_argument("--ranks", type=int, default=1, help="tensor-parallel MPI ranks (--target c)")
+    p.add_argument("--ranks", type=int, default=1, help="tensor-parallel ranks: MPI processes (c) or GPUs (cuda)")
+    p.add_argument("--partial-sums", action="store_true", help=PARTIAL_SUMS_HELP)
     p.add_argument("--target", choices=("ggml", "c", "cuda"), default="ggml",
                    help="what computes the graph (default ggml)")
     _add_capture_opts(p, 1)
@@ -363,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="keep every intermediate (no memory reuse)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per node")
     p.add_argument("--build", action="store_true", help="also run make")
-    p.add_argument("--ranks", type=int, default=1, help="partition tensor-parallel over R MPI ranks (C target)")
+    p.add_argument("--ranks", type=int, default=1, help="partition tensor-parallel over R ranks (MPI: c, NCCL: cuda)")
+    p.add_argument("--partial-sums", action="store_true", help=PARTIAL_SUMS_HELP)
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("run", help="generate text from a GGUF with a generated program")
@@ -374,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("--batch", type=int, default=32, help="prefill batch size (default 32)")
     p.add_argument("--threads", type=int, help="threads for an OpenMP build")
-    p.add_argument("--ranks", type=int, default=1, help="tensor-parallel MPI processes (C target; runs mpirun)")
+    p.add_argument("--ranks", type=int, default=1, help="tensor-parallel processes: under mpirun (c), one a GPU (cuda)")
+    p.add_argument("--partial-sums", action="store_true", help=PARTIAL_SUMS_HELP)
     p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy (default)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)

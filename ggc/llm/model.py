@@ -7,9 +7,10 @@ program is cached on disk under a hash of the graphs and the compiler, so a seco
 loads it. A prompt runs in chunks of B tokens, and the rest one token at a time.
 
 With ranks > 1 the graphs are partitioned tensor-parallel (compiler/partition.py) and every rank,
-one process each under mpirun, makes the same Model: each loads its slice of the weights, and all
-ranks get the same logits (the last all-reduce sums in rank order on every rank), so they sample
-the same tokens.
+one process each (runtime/ranks.py: under mpirun for C, one a GPU for CUDA), makes the same Model:
+each loads its slice of the weights, and all ranks get the same logits (every all-reduce gives
+every rank the same bits: MPI's sums in rank order, NCCL's each element once), so they sample the
+same tokens.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Generation:
 class Model:
     def __init__(self, path: str | Path, target: str = "c", ctx: int = 4096, batch: int = 32,
                  threads: int | None = None, progress: Progress | None = _stderr, ranks: int = 1,
-                 load: bool = True) -> None:
+                 load: bool = True, partial_sums: bool = False) -> None:
         from ..capture.llama import LlamaSession, SessionOptions
         from ..formats.gguf_file import read_gguf
 
@@ -100,8 +101,6 @@ class Model:
             raise GgcError(f"unknown target {target!r} (targets: {', '.join(TARGETS)})")
         target = self._pick_target(target)
         self.target = target
-        if ranks > 1 and target != "c":
-            raise GgcError("--ranks needs the C target (MPI): the CUDA target runs on one GPU for now")
         self.ranks = ranks
         if ctx < 1 or batch < 1 or batch > ctx:
             raise GgcError(f"need 1 <= --batch ({batch}) <= --ctx ({ctx})")
@@ -116,7 +115,9 @@ class Model:
         if ranks > 1:
             from ..compiler.partition import partition
 
-            self.graphs = [p.graph for p in partition(self.graphs, ranks)]
+            # partial_sums: Megatron's scheme (an all-reduce after the attention output and the FFN down
+            # projection); otherwise every value exactly as on one rank, split results gathered
+            self.graphs = [p.graph for p in partition(self.graphs, ranks, exact=not partial_sums)]
         n_layer = max((int(t.name[9:]) + 1 for t in prefill.leafs if t.name.startswith("cache_k_l")), default=0)
         swa = Swa.from_gguf(gf, n_layer)
         self.fillers = [InputFiller(g, swa) for g in self.graphs]
@@ -194,7 +195,8 @@ class Model:
             from ..backends.cuda.emit import compile_cuda
 
             if not cached:
-                self.progress(f"ggc: compiling prefill and decode graphs to CUDA ({arch()})")
+                ranks = f" for {self.ranks} GPUs" if self.ranks > 1 else ""
+                self.progress(f"ggc: compiling prefill and decode graphs to CUDA ({arch()}){ranks}")
             compiled = compile_cuda(self.graphs, out, source=self.path.name, graph_names=names,
                                     archs=(arch().removeprefix("sm_"),), reuse_existing=cached)
             if not cached:

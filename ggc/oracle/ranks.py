@@ -1,7 +1,8 @@
-"""`ggc verify --ranks R --target c`: the tensor-parallel program, one MPI process a rank, checked
-node by node against llama.cpp and against the same program on one rank.
+"""`ggc verify --ranks R --target c|cuda`: the tensor-parallel program, one process a rank (MPI for C,
+one a GPU with NCCL for CUDA), checked node by node against llama.cpp and against the same program
+on one rank.
 
-The captured graph is partitioned (compiler/partition.py) and compiled once; `mpirun` starts R
+The captured graph is partitioned (compiler/partition.py) and compiled once; launch_ranks starts R
 workers (this module's main). Each loads its slice of the weights and its part of the recorded
 leafs (the KV cache splits by heads), then runs every kernel group on its part of llama.cpp's own
 values for the group's inputs, as `verify --target c` does (an ALL_REDUCE takes the partial sums
@@ -14,7 +15,6 @@ the unpartitioned program computes from the same inputs.
 from __future__ import annotations
 
 import pickle
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends.c.emit import CompiledC
 from ..compiler.passes import root
 from ..errors import GgcError
 from ..ir.graph import Graph, Tensor
@@ -57,30 +58,39 @@ def part_value(cap: Tensor, data: bytes, lt: Tensor, split: int | None, rank: in
     return out.tobytes()
 
 
-def eval_ranks(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],
-               ranks: int, exact: bool = True) -> list[NodeResult]:
+def _compiler(target: str) -> Callable[..., CompiledC]:
+    if target == "cuda":
+        from ..backends.cuda.emit import compile_cuda
+
+        return compile_cuda
     from ..backends.c.emit import compile_c
+
+    return compile_c
+
+
+def eval_ranks(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],
+               ranks: int, exact: bool = True, target: str = "c") -> list[NodeResult]:
     from ..compiler.partition import partition
     from ..formats import ggraph
     from ..runtime.cprogram import CProgram, build
-    from ..runtime.ranks import mpirun_command
+    from ..runtime.ranks import launch_ranks
 
+    compile_fn = _compiler(target)
     part = partition([graph], ranks, exact)[0]
     local = part.graph
     with tempfile.TemporaryDirectory(prefix="ggc-verify-ranks-") as tmp:
         work = Path(tmp)
-        one_rank = compile_c(graph, work / "one", debug=True, source=Path(gguf).name)
+        one_rank = compile_fn(graph, work / "one", debug=True, source=Path(gguf).name)
         with CProgram(one_rank) as prog:
             prog.load_weights(gguf)
             one = run_checked(prog, graph, leafs, lambda t, _cur: expected.get(t.id))
-        build(compile_c(local, work / "program", debug=True, source=Path(gguf).name))
+        build(compile_fn(local, work / "program", debug=True, source=Path(gguf).name))
         ggraph.save(graph, work / GLOBAL_GRAPH)
         (work / "reference.pkl").write_bytes(pickle.dumps((leafs, expected)))
-        cmd = mpirun_command(ranks) + [sys.executable, "-m", "ggc.oracle.ranks", str(work), gguf,
-                                       "exact" if exact else "sum"]
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "ggc.oracle.ranks", str(work), gguf, "exact" if exact else "sum", target]
+        run = launch_ranks(ranks, cmd, target, capture=True)
         if run.returncode != 0:
-            raise GgcError(f"the {ranks}-rank program failed under mpirun:\n{run.stdout}{run.stderr}")
+            raise GgcError(f"the {ranks}-rank {target} program failed:\n{run.stdout}{run.stderr or ''}")
         values: list[Values] = [pickle.loads((work / f"values{r}.pkl").read_bytes()) for r in range(ranks)]
 
     last: dict[int, Tensor] = {}  # captured id -> the local tensor that holds its final value
@@ -111,14 +121,13 @@ def eval_ranks(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[
     return results
 
 
-def ranks_evaluator(ranks: int, exact: bool = True
+def ranks_evaluator(ranks: int, exact: bool = True, target: str = "c"
                     ) -> Callable[[Graph, str, dict[int, bytes], dict[int, bytes]], list[NodeResult]]:
-    return lambda g, gguf, leafs, expected: eval_ranks(g, gguf, leafs, expected, ranks, exact)
+    return lambda g, gguf, leafs, expected: eval_ranks(g, gguf, leafs, expected, ranks, exact, target)
 
 
-def _worker(work: Path, gguf: str, exact: bool) -> None:
+def _worker(work: Path, gguf: str, exact: bool, target: str) -> None:
     """One rank: its part of the leafs and of the reference values, run checked, hand back every node."""
-    from ..backends.c.emit import compile_c
     from ..compiler.partition import partition
     from ..formats import ggraph
     from ..runtime.cprogram import CProgram
@@ -126,12 +135,12 @@ def _worker(work: Path, gguf: str, exact: bool) -> None:
 
     where = rank_env()
     if where is None:
-        raise GgcError("run this under mpirun (ggc verify --ranks starts it)")
+        raise GgcError("run this as a rank of a program (ggc verify --ranks starts it)")
     graph = ggraph.load(work / GLOBAL_GRAPH)
     part = partition([graph], where[1], exact)[0]  # the same partition the parent compiled
     local, origin = part.graph, part.origin
     leafs, expected = pickle.loads((work / "reference.pkl").read_bytes())
-    compiled = compile_c(local, work / "program", debug=True, reuse_existing=True)
+    compiled = _compiler(target)(local, work / "program", debug=True, reuse_existing=True)
     with CProgram(compiled) as prog:
         r, ranks = prog.rank, part.ranks
 
@@ -154,7 +163,7 @@ def _worker(work: Path, gguf: str, exact: bool) -> None:
 
 if __name__ == "__main__":
     try:
-        _worker(Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "exact")
+        _worker(Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "exact", sys.argv[4] if len(sys.argv) > 4 else "c")
     except GgcError as e:
         print(f"ggc: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -20,24 +20,38 @@ def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False
     """Run make in the program directory; a compiler error becomes a GgcError with its output."""
     if shutil.which("make") is None:
         raise GgcError("'make' not found: install make and a C compiler (gcc)")
-    if compiled.ranks > 1:  # tensor-parallel: MPI's compiler wrapper (and then mpirun)
+    cuda = (compiled.out / "program.cu").exists()
+    if compiled.ranks > 1 and not cuda:  # tensor-parallel C: MPI's compiler wrapper (and then mpirun)
         cc, mpi = mpicc(), ["MPI=1"]
     else:
         cc, mpi = os.environ.get("CC", "gcc"), []
         if shutil.which(cc) is None:
             raise GgcError(f"C compiler '{cc}' not found: install gcc or set CC")
     args = ["make", "-s", f"-j{os.cpu_count() or 1}", target, f"CC={cc}", *mpi] + (["OPENMP=1"] if openmp else [])
-    if (compiled.out / "program.cu").exists():
+    if cuda:
         if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
             raise GgcError("nvcc not found: install the CUDA toolkit (or use --target c)")
         from ..backends.cuda.abi import arch, build_library
 
         # link the kernel library built (and cached) once, instead of compiling every kernel per program
         args += [f"ARCH={arch().removeprefix('sm_')}", f"KERNELS={build_library()}"]
+        if compiled.ranks > 1:
+            args += _nccl_args()
     r = subprocess.run(args, cwd=compiled.out, capture_output=True, text=True)
     if r.returncode != 0:
         raise GgcError(f"building {compiled.out} failed:\n{r.stdout}{r.stderr}")
     return compiled.out / target
+
+
+def _nccl_args() -> list[str]:
+    """make's arguments for NCCL (a CUDA program of several ranks), or a GgcError saying how to get it."""
+    from ..backends.cuda.abi import find_nccl
+
+    home = find_nccl()
+    if home is None and not Path("/usr/include/nccl.h").is_file():
+        raise GgcError("NCCL not found, which a CUDA program of several ranks needs: pip install nvidia-nccl-cu13 "
+                       "(or set NCCL_HOME to a folder with include/nccl.h and lib/libnccl.so.2)")
+    return ["NCCL=1", f"NCCL_HOME={home or ''}"]
 
 
 class CProgram:

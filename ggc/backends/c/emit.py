@@ -228,8 +228,6 @@ def emit_program(plans: list[Plan], names: list[str], source: str, abi: KernelAB
     """program.c: the arena, then each graph's tensors, nodes and kernel calls, then the graph table."""
     p0 = plans[0]
     ranks = program_ranks(plans)
-    if ranks > 1 and abi is not C_ABI:
-        raise GgcError(f"a program of {ranks} ranks (tensor parallelism) needs the C target: this target runs one")
     splits = split_weights(plans)
     body: list[str] = []
     tindexes, n_nodes = [], []

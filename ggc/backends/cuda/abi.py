@@ -33,8 +33,8 @@ KERNEL_DIR = Path(__file__).parent / "kernels"
 DEFAULT_ARCH = "sm_90"
 NVCC_FLAGS = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC"]
 
-__all__ = ["KERNEL_DIR", "build_library", "find_nvcc", "has_gpu", "kernel_name", "load_library", "run_node",
-           "device_name", "C_TYPES", "MAX_SRC"]
+__all__ = ["KERNEL_DIR", "build_library", "find_nccl", "find_nvcc", "has_gpu", "kernel_name", "load_library",
+           "run_node", "device_name", "C_TYPES", "MAX_SRC"]
 
 
 def kernel_name(t: Tensor) -> str:
@@ -56,6 +56,21 @@ def find_nvcc() -> str | None:
     for c in cand:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
+    return None
+
+
+def find_nccl() -> str | None:
+    """The folder holding include/nccl.h and lib/libnccl.so.2, for programs of several ranks: $NCCL_HOME,
+    pip's nvidia-nccl-cu13 package (nvidia/nccl in any folder of sys.path), $CUDA_HOME or /usr/local/cuda;
+    None if none does (an NCCL on the compiler's own paths, as Debian's libnccl-dev installs it, still builds)."""
+    import sys
+
+    cand = [os.environ.get("NCCL_HOME", "")]
+    cand += [str(Path(d) / "nvidia" / "nccl") for d in sys.path if d]
+    cand += [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
+    for c in cand:
+        if c and (Path(c) / "include" / "nccl.h").is_file() and (Path(c) / "lib" / "libnccl.so.2").exists():
+            return str(Path(c).resolve())
     return None
 
 

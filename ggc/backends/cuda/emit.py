@@ -44,8 +44,10 @@ from ..c.emit import (
     _index_expr,
     emit_program,
     plan_program,
+    program_ranks,
     write_program_dir,
 )
+from .abi import find_nccl
 
 CUDA_KERNEL_DIR = Path(__file__).parent / "kernels"
 CUDA_RUNTIME_DIR = Path(__file__).parent / "runtime"
@@ -305,12 +307,20 @@ NVCC ?= nvcc
 ARCH ?= {archs}
 NVFLAGS ?= -O3
 KERNELS ?=
+# NCCL=1 (the default of a program of several ranks): the ranks' collectives through NCCL, found in
+# NCCL_HOME (include/nccl.h, lib/libnccl.so.2; pip's nvidia-nccl-cu13 package has both)
+NCCL ?= {nccl}
+NCCL_HOME ?= {nccl_home}
 override NVFLAGS += -std=c++17 -Ikernels -I. $(foreach a,$(ARCH),-gencode arch=compute_$(a),code=sm_$(a))
 SRC = program.cu ggc_model_cuda.cu ggc_gguf.c kernels/ggc_core.c
 ifeq ($(KERNELS),)
 SRC += $(wildcard kernels/*.cu)
 else
 LINK = $(KERNELS) -Xlinker -rpath=$(dir $(KERNELS))
+endif
+ifeq ($(NCCL),1)
+override NVFLAGS += -DGGC_NCCL $(if $(NCCL_HOME),-I$(NCCL_HOME)/include)
+LINK += $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib -Xlinker -rpath=$(NCCL_HOME)/lib) -l:libnccl.so.2
 endif
 
 all: {name} lib{name}.so
@@ -337,6 +347,18 @@ Compiled from `{source}`: graphs {graphs}. Build with `make` (needs only the CUD
 
 The arena is one cudaMalloc of {arena} bytes{host}. Each graph is recorded once as a CUDA graph and
 replayed. The C API is in `ggc_model.h`; tensors live on the GPU (ggc_model_write/read copy).
+{ranks_note}"""
+
+RANKS_NOTE = """
+This program is tensor-parallel: {ranks} processes (ranks), one a GPU of this host, run it, each
+holding its share of the split weights; their all-reduces go through NCCL (`make NCCL_HOME=...`
+if nccl.h is not on the compiler's paths). `ggc run --ranks {ranks}` starts them; by hand, give
+each process GGC_RANK (0..{last}), GGC_RANKS={ranks} and GGC_NCCL_ID (one new file path, the same
+for all: rank 0 writes the NCCL id there):
+
+    for r in $(seq 0 {last}); do
+        GGC_RANK=$r GGC_RANKS={ranks} GGC_NCCL_ID=/tmp/nccl-id.$$ ./{name} MODEL.gguf ... &
+    done; wait
 """
 
 
@@ -365,6 +387,7 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
     q4_0 weights that only matrix products read are loaded regrouped (see regrouped_weights)."""
     out = Path(out)
     graphs, names, plans = cuda_plans(graph, debug, fuse, graph_names)
+    ranks = program_ranks(plans)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))
@@ -387,7 +410,9 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
     readme = README.format(name=name, version=__version__, source=source, graphs=", ".join(names),
                            arena=plans[0].size - plans[0].host_size,
                            host=f", and {plans[0].host_size} bytes of pinned host memory for the weights that only "
-                                "GET_ROWS reads (the token embedding)" if plans[0].host_size else "")
-    makefile = MAKEFILE.format(name=name, archs=" ".join(archs))
+                                "GET_ROWS reads (the token embedding)" if plans[0].host_size else "",
+                           ranks_note=RANKS_NOTE.format(ranks=ranks, last=ranks - 1, name=name) if ranks > 1 else "")
+    makefile = MAKEFILE.format(name=name, archs=" ".join(archs), nccl=int(ranks > 1),
+                               nccl_home=(find_nccl() or "") if ranks > 1 else "")
     write_program_dir(out, copies, {"program.cu": program, "Makefile": makefile, "README.md": readme})
     return CompiledC(out, plans, names)

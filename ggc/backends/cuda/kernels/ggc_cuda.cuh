@@ -41,6 +41,15 @@ struct ggc_cuda_ctx {
                          of the model that no kernel writes, so they may be read before the PDL wait */
 };
 
+/* ---- ranks (ggc_cuda_comm.cu): the collectives of a tensor-parallel program, queued on stream s.
+ * The runtime sets them (ggc_model_cuda.cu with GGC_NCCL); NULL = one rank.
+ * all_reduce: dst = the sum of n floats at src over the ranks, the same bits on every rank (dst may be src).
+ * all_gather: every rank's `bytes` at part, into all in rank order (ranks x bytes). */
+typedef void (*ggc_cuda_all_reduce_fn)(const float *src, float *dst, int64_t n, cudaStream_t s);
+typedef void (*ggc_cuda_all_gather_fn)(const void *part, size_t bytes, void *all, cudaStream_t s);
+extern "C" ggc_cuda_all_reduce_fn ggc_cuda_all_reduce_hook;
+extern "C" ggc_cuda_all_gather_fn ggc_cuda_all_gather_hook;
+
 /* ---- error checking (host) */
 #define GGC_CUDA_CHECK(call)                                                                         \
     do {                                                                                             \

@@ -133,3 +133,34 @@ extern "C" int ggc_cuda_bench_node(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, 
     return run_node_impl(op, work_fn, node, src_sizes, dst_size, 0, warmup, iters < 1 ? 1 : iters, ms, err,
                          err_len);
 }
+
+// ---- stand-ins for a runtime's collectives (ggc_cuda_comm.cu's hooks), to test ALL_REDUCE and
+// ALL_GATHER on one GPU: as if `ranks` ranks ran, rank r holding this rank's f32 values plus 100 r.
+static int g_test_ranks = 1;
+
+__global__ void test_reduce_kernel(const float *src, float *dst, int64_t n, int ranks) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = src[i] * ranks + 100.0f * (ranks * (ranks - 1) / 2);
+}
+
+__global__ void test_gather_kernel(const float *part, int64_t n, float *all, int ranks) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        for (int r = 0; r < ranks; r++) all[r * n + i] = part[i] + 100.0f * r;
+}
+
+static void test_all_reduce(const float *src, float *dst, int64_t n, cudaStream_t s) {
+    test_reduce_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(src, dst, n, g_test_ranks);
+}
+
+static void test_all_gather(const void *part, size_t bytes, void *all, cudaStream_t s) {
+    const int64_t n = (int64_t)(bytes / sizeof(float));
+    test_gather_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((const float *)part, n, (float *)all, g_test_ranks);
+}
+
+// ranks > 1: set the hooks to the stand-ins for that many ranks; 1: unset them (one rank)
+extern "C" void ggc_cuda_test_collectives(int ranks) {
+    g_test_ranks = ranks;
+    ggc_cuda_all_reduce_hook = ranks > 1 ? test_all_reduce : nullptr;
+    ggc_cuda_all_gather_hook = ranks > 1 ? test_all_gather : nullptr;
+}

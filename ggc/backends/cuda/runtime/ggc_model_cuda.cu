@@ -12,7 +12,19 @@
 // Host <-> arena copies of a step (inputs in, logits out) go through one pinned staging buffer and
 // the program's own stream: pageable cudaMemcpy of a 128k-vocabulary logits row cost a decode step
 // more than its attention did, and copies on the legacy stream were not ordered with the kernels.
+//
+// A program of several ranks (GGC_RANKS > 1, tensor parallelism) is built with GGC_NCCL (make
+// NCCL=1) and runs as one process a GPU on one host: each process learns its rank from GGC_RANK
+// and GGC_RANKS (or Open MPI's or PMI's variables), takes GPU local rank, loads its share of the
+// split weights, and joins the others in an NCCL communicator whose id rank 0 writes to the file
+// that GGC_NCCL_ID names (`ggc run --ranks` and `ggc verify --ranks` set all of these). The
+// kernels' ALL_REDUCE and ALL_GATHER then queue NCCL collectives on the program's stream, and they
+// are recorded into its CUDA graphs with the kernels. NVLink multicast (NVLS) stays off.
 #include <cuda_runtime.h>
+#ifdef GGC_NCCL
+#include <nccl.h>
+#include <unistd.h>
+#endif
 
 #include <cmath>
 #include <cstdarg>
@@ -66,6 +78,10 @@ struct ggc_model {
     char *stage = nullptr;  // pinned host memory
     size_t stage_size = 0, stage_used = 0;  // bytes queued since the stream last went idle
     char error[512] = "";
+    int rank = 0;
+#ifdef GGC_NCCL
+    ncclComm_t comm = nullptr;
+#endif
 };
 
 static int set_error(char *dst, const char *fmt, ...) {
@@ -98,6 +114,135 @@ static void fill_tensor(ggc_tensor *t, const ggc_tensor_info *info, const ggc_mo
 
 static bool valid_graph(int g) { return g >= 0 && g < GGC_N_GRAPHS; }
 
+// An integer from the first of these environment variables that is set; -1 if none is.
+static int env_int(const char *a, const char *b, const char *c) {
+    for (const char *name : {a, b, c}) {
+        const char *v = name ? getenv(name) : nullptr;
+        if (v && *v) return atoi(v);
+    }
+    return -1;
+}
+
+// This process's rank and its GPU (the rank on this host), from the launcher's environment: -1
+// with g_last_error set when it does not fit the program.
+static int find_rank(int *local) {
+    const int rank = env_int("GGC_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK");
+    const int size = env_int("GGC_RANKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE");
+    *local = 0;
+    if (GGC_RANKS == 1) return 0;  // a one-rank program ignores a launcher's variables
+    if (rank < 0 || size != GGC_RANKS)
+        return set_error(g_last_error,
+                         "this program is built for %d ranks: start it with ggc run/verify --ranks %d, or set "
+                         "GGC_RANK (0..%d), GGC_RANKS=%d and GGC_NCCL_ID (a file path shared by the ranks) in "
+                         "each process (found rank %d of %d)",
+                         GGC_RANKS, GGC_RANKS, GGC_RANKS - 1, GGC_RANKS, rank, size);
+    const int l = env_int("GGC_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID");
+    *local = l >= 0 ? l : rank;
+    return rank;
+}
+
+#ifdef GGC_NCCL
+// the first NCCL error a collective met (they run inside the program's replay: checked after it)
+static ncclResult_t g_nccl_error = ncclSuccess;
+static ncclComm_t g_comm = nullptr;  // the live program's communicator, for the hooks
+
+static void all_reduce_nccl(const float *src, float *dst, int64_t n, cudaStream_t s) {
+    // ring and tree all-reduce both compute each element once and send it to every rank: every
+    // rank gets the same bits, so they all sample the same token
+    const ncclResult_t r = ncclAllReduce(src, dst, (size_t)n, ncclFloat32, ncclSum, g_comm, s);
+    if (r != ncclSuccess && g_nccl_error == ncclSuccess) g_nccl_error = r;
+}
+
+static void all_gather_nccl(const void *part, size_t bytes, void *all, cudaStream_t s) {
+    const ncclResult_t r = ncclAllGather(part, all, bytes, ncclUint8, g_comm, s);
+    if (r != ncclSuccess && g_nccl_error == ncclSuccess) g_nccl_error = r;
+}
+
+// The communicator's id, from rank 0 to the others through the file GGC_NCCL_ID names: rank 0
+// writes it whole (to a temporary name, then renamed), the others wait for it to appear.
+static int exchange_id(int rank, ncclUniqueId *id) {
+    const char *path = getenv("GGC_NCCL_ID");
+    if (!path || !*path)
+        return set_error(g_last_error, "GGC_NCCL_ID is not set: the ranks of a %d-rank program need a file path, "
+                         "the same in each, through which rank 0 hands out the NCCL communicator's id", GGC_RANKS);
+    if (rank == 0) {
+        ncclResult_t r = ncclGetUniqueId(id);
+        if (r != ncclSuccess) return set_error(g_last_error, "ncclGetUniqueId: %s", ncclGetErrorString(r));
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+        FILE *f = fopen(tmp, "wb");
+        const bool ok = f && fwrite(id, sizeof *id, 1, f) == 1;
+        if (f && fclose(f) != 0) return set_error(g_last_error, "%s: could not write the NCCL id", tmp);
+        if (!ok || rename(tmp, path) != 0) return set_error(g_last_error, "%s: could not write the NCCL id", path);
+        return 0;
+    }
+    const char *t = getenv("GGC_NCCL_TIMEOUT");
+    const double limit_s = t && *t ? atof(t) : 600.0;  // the other ranks capture and load as this one does
+    for (double waited = 0; waited < limit_s; waited += 0.01) {
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            const bool ok = fread(id, sizeof *id, 1, f) == 1;
+            fclose(f);
+            if (ok) return 0;
+        }
+        usleep(10000);
+    }
+    return set_error(g_last_error, "rank %d waited %.0f s for rank 0 to write the NCCL id to %s", rank, limit_s, path);
+}
+
+static int nccl_start(ggc_model *m) {
+    if (GGC_RANKS == 1) return 0;
+    setenv("NCCL_NVLS_ENABLE", "0", 1);  // no NVLink multicast: it can take a shared host's GPUs out of service
+    ncclUniqueId id;
+    if (exchange_id(m->rank, &id) != 0) return -1;
+    const ncclResult_t r = ncclCommInitRank(&m->comm, GGC_RANKS, id, m->rank);
+    if (r != ncclSuccess)
+        return set_error(g_last_error, "rank %d: ncclCommInitRank of %d ranks: %s", m->rank, GGC_RANKS,
+                         ncclGetErrorString(r));
+    g_comm = m->comm;
+    g_nccl_error = ncclSuccess;
+    ggc_cuda_all_reduce_hook = all_reduce_nccl;
+    ggc_cuda_all_gather_hook = all_gather_nccl;
+    // one of each collective now, outside any capture: NCCL connects the ranks lazily, at first use
+    float *scratch = reinterpret_cast<float *>(m->argmax_out);  // 8 + 128 x 16 bytes, free until an argmax
+    all_reduce_nccl(scratch, scratch, 1, m->ctx.stream);
+    all_gather_nccl(scratch, sizeof(float), scratch + 1, m->ctx.stream);
+    const cudaError_t e = cudaStreamSynchronize(m->ctx.stream);
+    if (g_nccl_error != ncclSuccess || e != cudaSuccess)
+        return set_error(g_last_error, "rank %d: the first all-reduce of %d ranks failed: %s", m->rank, GGC_RANKS,
+                         g_nccl_error != ncclSuccess ? ncclGetErrorString(g_nccl_error) : cudaGetErrorString(e));
+    return 0;
+}
+
+static void nccl_stop(ggc_model *m) {
+    if (!m->comm) return;
+    if (g_comm == m->comm) {
+        g_comm = nullptr;
+        ggc_cuda_all_reduce_hook = nullptr;
+        ggc_cuda_all_gather_hook = nullptr;
+    }
+    ncclCommDestroy(m->comm);
+    m->comm = nullptr;
+}
+
+static int nccl_check(ggc_model *m) {
+    if (g_nccl_error == ncclSuccess) return 0;
+    return set_error(m->error, "NCCL: %s", ncclGetErrorString(g_nccl_error));
+}
+#else
+static int nccl_start(ggc_model *m) {
+    (void)m;
+    if (GGC_RANKS == 1) return 0;
+    return set_error(g_last_error, "this program is built for %d ranks but without NCCL: rebuild it with make NCCL=1 "
+                     "NCCL_HOME=... (ggc run/verify --ranks do that)", GGC_RANKS);
+}
+static void nccl_stop(ggc_model *m) { (void)m; }
+static int nccl_check(ggc_model *m) {
+    (void)m;
+    return 0;
+}
+#endif
+
 extern "C" {
 
 const char *ggc_last_error(void) { return g_last_error; }
@@ -108,16 +253,28 @@ ggc_model *ggc_model_create(void) {
         set_error(g_last_error, "too many graphs");
         return nullptr;
     }
-    int n_dev = 0;
+    int n_dev = 0, local = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
         set_error(g_last_error, "no CUDA device");
         return nullptr;
     }
+    const int rank = find_rank(&local);
+    if (rank < 0) return nullptr;
+    if (GGC_RANKS > 1 && local >= n_dev) {  // NCCL refuses two ranks on one GPU
+        set_error(g_last_error, "rank %d needs GPU %d, but this machine has %d: a %d-rank program runs one rank a GPU",
+                  rank, local, n_dev, GGC_RANKS);
+        return nullptr;
+    }
+    if (cudaSetDevice(local) != cudaSuccess) {
+        set_error(g_last_error, "cudaSetDevice(%d) failed", local);
+        return nullptr;
+    }
     ggc_model *m = new (std::nothrow) ggc_model();
     if (!m) return nullptr;
+    m->rank = rank;
     cudaDeviceProp prop;
     size_t work = 0;
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) goto fail;
+    if (cudaGetDeviceProperties(&prop, local) != cudaSuccess) goto fail;
     m->ctx.n_sm = prop.multiProcessorCount;
     if (cudaMalloc(&m->device, GGC_ARENA_SIZE > GGC_HOST_SIZE ? GGC_ARENA_SIZE - GGC_HOST_SIZE : 1) != cudaSuccess) {
         set_error(g_last_error, "cudaMalloc of the %zu-byte arena failed (out of GPU memory?)",
@@ -164,6 +321,7 @@ ggc_model *ggc_model_create(void) {
         if (cudaEventCreate(&m->q_start[i]) != cudaSuccess || cudaEventCreate(&m->q_stop[i]) != cudaSuccess ||
             cudaEventCreateWithFlags(&m->q_done[i], cudaEventDisableTiming) != cudaSuccess)
             goto fail;
+    if (nccl_start(m) != 0) goto fail;
     return m;
 fail:
     if (!g_last_error[0]) set_error(g_last_error, "%s", cudaGetErrorString(cudaGetLastError()));
@@ -173,6 +331,7 @@ fail:
 
 void ggc_model_free(ggc_model *m) {
     if (!m) return;
+    nccl_stop(m);
     for (int g = 0; g < kMaxGraphs; g++) {
         for (int i = 0; i < m->n_recorded[g]; i++) cudaGraphExecDestroy(m->recorded[g][i].exec);
         free(m->nodes[g]);
@@ -201,7 +360,7 @@ int ggc_model_load_weights(ggc_model *m, const char *path, char *err, size_t err
         snprintf(err, err_len, "%s: out of host memory for %zu bytes of weights", path, GGC_STATE_OFFSET);
         return -1;
     }
-    int rc = ggc_gguf_load(path, host, 0, err, err_len);
+    int rc = ggc_gguf_load(path, host, m->rank, err, err_len);
     if (rc == 0 && GGC_HOST_SIZE) memcpy(m->host, host, GGC_HOST_SIZE);
     if (rc == 0 && cudaMemcpy(m->device, host + GGC_HOST_SIZE, GGC_STATE_OFFSET - GGC_HOST_SIZE,
                               cudaMemcpyHostToDevice) != cudaSuccess) {
@@ -349,7 +508,7 @@ void ggc_model_set_n_kv(ggc_model *m, int64_t n_kv) {
     m->n_kv = n_kv <= 0 ? 0 : (n_kv + kKvPad - 1) / kKvPad * kKvPad;
 }
 
-int ggc_model_rank(const ggc_model *m) { (void)m; return 0; } /* one GPU, one rank */
+int ggc_model_rank(const ggc_model *m) { return m->rank; }
 
 int ggc_model_n_graphs(void) { return GGC_N_GRAPHS; }
 const char *ggc_model_graph_name(int g) { return valid_graph(g) ? GGC_GRAPHS[g].name : nullptr; }
@@ -382,6 +541,10 @@ static int record(ggc_model *m, int g, cudaGraphExec_t *exec) {
     CUDA_OR_FAIL(m, cudaStreamBeginCapture(m->ctx.stream, cudaStreamCaptureModeThreadLocal));
     for (int i = 0; i < GGC_GRAPHS[g].n_groups; i++) GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->ctx, m->arena);
     CUDA_OR_FAIL(m, cudaStreamEndCapture(m->ctx.stream, &graph));
+    if (nccl_check(m) != 0) {
+        cudaGraphDestroy(graph);
+        return -1;
+    }
     cudaError_t e = cudaGraphInstantiate(exec, graph, 0);
     cudaGraphDestroy(graph);
     if (e != cudaSuccess) return set_error(m->error, "cudaGraphInstantiate: %s", cudaGetErrorString(e));
@@ -465,7 +628,7 @@ int ggc_model_run_group(ggc_model *m, int g, int i) {
     GGC_GRAPHS[g].run_group(i, m->nodes[g], &m->ctx, m->arena);
     CUDA_OR_FAIL(m, cudaGetLastError());
     CUDA_OR_FAIL(m, cudaStreamSynchronize(m->ctx.stream));
-    return 0;
+    return nccl_check(m);
 }
 
 // Each kernel group timed with CUDA events (launched one by one, not as a graph): ms[i] for group i.

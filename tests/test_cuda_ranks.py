@@ -1,0 +1,116 @@
+"""Tensor-parallel CUDA programs: one process a GPU, their all-reduces through NCCL.
+
+Without a GPU: the 2-rank program of a tiny model builds with nvcc against NCCL (where nvcc and
+NCCL are installed; `pip install nvidia-nccl-cu13` gives NCCL), and the launcher's errors are
+clear. With 2 GPUs (the GPU machine: nvidia-h200-x2): every node of the tiny models against
+llama.cpp and the 1-rank program, and 64 greedy tokens equal to llama.cpp's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ggc.backends.cuda.abi import driver_devices, find_nccl, find_nvcc
+from ggc.errors import GgcError
+from ggc.models.quantize import tiny_model
+from ggc.models.tiny import ARCHS
+from ggc.runtime.ranks import launch_ranks, rank_env
+from tests.test_run import PROMPT
+from tests.util import run_ggc
+
+QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
+needs_build = pytest.mark.skipif(find_nvcc() is None or find_nccl() is None,
+                                 reason="needs nvcc and NCCL (pip install nvidia-nccl-cu13)")
+needs_2_gpus = pytest.mark.skipif(find_nvcc() is None or len(driver_devices()) < 2,
+                                  reason="needs nvcc and 2 CUDA GPUs (runs on the GPU machine, nvidia-h200-x2)")
+
+
+def two_rank_program(tmp_path: Path, exact: bool):  # noqa: ANN201 - CompiledC
+    from ggc.backends.cuda.emit import compile_cuda
+    from ggc.capture.llama import LlamaSession, SessionOptions
+    from ggc.compiler.partition import partition
+
+    with LlamaSession(tiny_model("llama", "q4_0"), SessionOptions(n_ctx=256, n_batch=8)) as s:
+        graphs = [s.capture(8, 1)[0], s.capture(1, 1)[0]]
+    local = [p.graph for p in partition(graphs, 2, exact)]
+    return compile_cuda(local, tmp_path / "prog", graph_names=["prefill", "decode"], archs=("90",))
+
+
+@needs_build
+def test_two_rank_program_builds_against_nccl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ggc.runtime.cprogram import build
+
+    monkeypatch.setenv("GGC_CUDA_ARCH", "sm_90")
+    compiled = two_rank_program(tmp_path, exact=False)
+    assert compiled.ranks == 2
+    program = (compiled.out / "program.cu").read_text()
+    assert "GGC_RANKS = 2" in program
+    # Megatron's scheme: an all-reduce after the attention output and the FFN down projection, in
+    # each of 2 layers of each of the 2 graphs
+    reduces = [line for line in program.splitlines() if "ggc_cuda_op_all_reduce(&" in line]
+    assert len(reduces) == 8 and all("attn_out" in x or "ffn_out" in x for x in reduces), reduces
+    assert "NCCL ?= 1" in (compiled.out / "Makefile").read_text()
+    assert "GGC_NCCL_ID" in (compiled.out / "README.md").read_text()
+    build(compiled, target="all")
+    needed = subprocess.run(["readelf", "-d", str(compiled.out / "libmodel.so")], capture_output=True, text=True).stdout
+    assert "libnccl.so.2" in needed
+
+
+def test_launcher_needs_a_gpu_a_rank() -> None:
+    n = len(driver_devices())
+    with pytest.raises(GgcError, match=f"{n + 1} ranks on the CUDA target need {n + 1} GPUs"):
+        launch_ranks(n + 1, [sys.executable, "-c", "pass"], "cuda")
+
+
+def test_rank_env_reads_the_launchers_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for v in ("GGC_RANK", "GGC_RANKS", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE"):
+        monkeypatch.delenv(v, raising=False)
+    assert rank_env() is None
+    monkeypatch.setenv("GGC_RANK", "1")
+    monkeypatch.setenv("GGC_RANKS", "2")
+    assert rank_env() == (1, 2)
+
+
+def test_ranks_need_c_or_cuda_in_verify() -> None:
+    r = run_ggc("verify", str(tiny_model("llama", "q4_0")), "--tokens", "1", "--ranks", "2", "--target", "ggml")
+    assert r.returncode == 2 and "--target c (MPI ranks) or cuda" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("n_tokens", [1, 8], ids=["decode", "prefill"])
+@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_verify_two_gpus(arch: str, quant: str, n_tokens: int) -> None:
+    verify_two_gpus(arch, quant, n_tokens, exact=True)
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("arch", ARCHS)
+def test_verify_two_gpus_summing_partials(arch: str) -> None:
+    verify_two_gpus(arch, "q8_0", 8, exact=False)
+
+
+def verify_two_gpus(arch: str, quant: str, n_tokens: int, exact: bool) -> None:
+    from ggc.oracle.ranks import ranks_evaluator
+    from ggc.oracle.verify import verify_model
+
+    res = verify_model(tiny_model(arch, quant), n_tokens, target=ranks_evaluator(2, exact, target="cuda"))
+    bad = [(r.tensor.label(), r.tensor.op, r.nmse, r.chained) for r in res.results if not r.ok]
+    assert not bad, bad
+    assert any(r.note != "fused" for r in res.results)
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("scheme", [[], ["--partial-sums"]], ids=["exact", "partial-sums"])
+def test_run_check_two_gpus(arch: str, quant: str, scheme: list[str], tmp_path: Path) -> None:
+    r = run_ggc("run", str(tiny_model(arch, quant)), "-p", PROMPT, "-n", "64", "--ctx", "512", "--batch", "16",
+                "--check", "--ranks", "2", "--target", "cuda", *scheme, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert "check: all" in r.stdout and "generated tokens equal" in r.stdout, r.stdout
+    assert r.stdout.count("check: all") == 1 and ", 2 ranks" in r.stdout and "target cuda" in r.stdout
