@@ -25,6 +25,8 @@ from tests.util import run_ggc
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 needs_build = pytest.mark.skipif(find_nvcc() is None or find_nccl() is None,
                                  reason="needs nvcc and NCCL (pip install nvidia-nccl-cu13)")
+needs_a_gpu = pytest.mark.skipif(find_nvcc() is None or find_nccl() is None or not driver_devices(),
+                                 reason="needs nvcc, NCCL and a CUDA GPU (runs on the GPU machine)")
 needs_2_gpus = pytest.mark.skipif(find_nvcc() is None or len(driver_devices()) < 2,
                                   reason="needs nvcc and 2 CUDA GPUs (runs on the GPU machine, nvidia-h200-x2)")
 
@@ -58,6 +60,25 @@ def test_two_rank_program_builds_against_nccl(tmp_path: Path, monkeypatch: pytes
     build(compiled, target="all")
     needed = subprocess.run(["readelf", "-d", str(compiled.out / "libmodel.so")], capture_output=True, text=True).stdout
     assert "libnccl.so.2" in needed
+
+
+@needs_a_gpu
+def test_the_program_says_how_to_start_its_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2-rank program created in a process that no launcher started, or as a rank whose GPU
+    this machine lacks: a clear error, before NCCL is asked for anything."""
+    from ggc.runtime.cprogram import CProgram
+
+    compiled = two_rank_program(tmp_path, exact=True)
+    for v in ("GGC_RANK", "GGC_RANKS", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE"):
+        monkeypatch.delenv(v, raising=False)
+    with pytest.raises(GgcError, match="built for 2 ranks: start it with ggc run/verify --ranks 2"):
+        CProgram(compiled)
+    n = len(driver_devices())
+    if n < 2:
+        monkeypatch.setenv("GGC_RANK", "1")
+        monkeypatch.setenv("GGC_RANKS", "2")
+        with pytest.raises(GgcError, match=f"rank 1 needs GPU 1, but this machine has {n}"):
+            CProgram(compiled)
 
 
 def test_launcher_needs_a_gpu_a_rank() -> None:

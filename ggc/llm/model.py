@@ -101,6 +101,10 @@ class Model:
             raise GgcError(f"unknown target {target!r} (targets: {', '.join(TARGETS)})")
         target = self._pick_target(target)
         self.target = target
+        if target == "cuda" and ranks > 1:  # before minutes of compiling
+            from ..runtime.ranks import require_gpus
+
+            require_gpus(ranks)
         self.ranks = ranks
         if ctx < 1 or batch < 1 or batch > ctx:
             raise GgcError(f"need 1 <= --batch ({batch}) <= --ctx ({ctx})")

@@ -70,11 +70,7 @@ def launch_ranks(n: int, cmd: list[str], target: str, capture: bool = False) -> 
     and wait for all. capture: collect their output (each rank's in turn) instead of passing it through."""
     if target != "cuda":
         return subprocess.run(mpirun_command(n) + cmd, capture_output=capture, text=True)
-    from ..backends.cuda.abi import driver_devices
-
-    gpus = len(driver_devices())
-    if gpus < n:
-        raise GgcError(f"{n} ranks on the CUDA target need {n} GPUs, one a rank; this machine has {gpus}")
+    require_gpus(n)
     with tempfile.TemporaryDirectory(prefix="ggc-ranks-") as tmp:
         env = dict(os.environ, GGC_RANKS=str(n), GGC_NCCL_ID=str(Path(tmp) / "nccl-id"), NCCL_NVLS_ENABLE="0")
         outs = [open(Path(tmp) / f"out{r}", "w+") if capture else None for r in range(n)]  # noqa: SIM115
@@ -89,6 +85,15 @@ def launch_ranks(n: int, cmd: list[str], target: str, capture: bool = False) -> 
                 text += (f"--- rank {r}\n" if n > 1 else "") + f.read()
                 f.close()
     return subprocess.CompletedProcess(cmd, rc, stdout=text if capture else None, stderr="" if capture else None)
+
+
+def require_gpus(n: int) -> None:
+    """A GgcError unless this machine has a GPU for each of n CUDA ranks."""
+    from ..backends.cuda.abi import driver_devices
+
+    gpus = len(driver_devices())
+    if gpus < n:
+        raise GgcError(f"{n} ranks on the CUDA target need {n} GPUs, one a rank; this machine has {gpus}")
 
 
 def _wait_all(procs: list[subprocess.Popen], grace_s: float = 10.0) -> int:
