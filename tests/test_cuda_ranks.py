@@ -12,10 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ggc.backends.cuda.abi import driver_devices, find_nccl, find_nvcc
 from ggc.errors import GgcError
+from ggc.ir.graph import Graph, Tensor
+from ggc.ir.types import contiguous_strides, get_type
 from ggc.models.quantize import tiny_model
 from ggc.models.tiny import ARCHS
 from ggc.runtime.ranks import launch_ranks, rank_env
@@ -79,6 +82,42 @@ def test_the_program_says_how_to_start_its_ranks(tmp_path: Path, monkeypatch: py
         monkeypatch.setenv("GGC_RANKS", "2")
         with pytest.raises(GgcError, match=f"rank 1 needs GPU 1, but this machine has {n}"):
             CProgram(compiled)
+
+
+def collectives_graph() -> Graph:
+    """z = ALL_GATHER(ALL_REDUCE(x)) along dim 1, in a program of one rank."""
+    f32 = get_type("f32")
+    ne = (64, 3, 1, 1)
+    x = Tensor(0, f32, ne, contiguous_strides(f32, ne), flags=frozenset({"input"}), name="x")  # type: ignore[arg-type]
+    y = Tensor(1, f32, ne, x.nb, op="ALL_REDUCE", src=[x], name="y")  # type: ignore[arg-type]
+    z = Tensor(2, f32, ne, x.nb, op="ALL_GATHER", params={"dim": 1}, src=[y], name="z",  # type: ignore[arg-type]
+               flags=frozenset({"output"}))
+    g = Graph([x, y, z], meta={"n_tokens": 1})
+    g.validate()
+    return g
+
+
+@needs_a_gpu
+def test_collectives_through_an_nccl_communicator_of_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NCCL path of the runtime on one GPU (GGC_NCCL_ONE=1): the communicator set up, the
+    collectives queued through NCCL by the kernels, run one by one and recorded in a CUDA graph."""
+    from ggc.backends.cuda.emit import compile_cuda
+    from ggc.runtime.cprogram import CProgram, build
+
+    monkeypatch.setenv("GGC_NCCL_ONE", "1")
+    g = collectives_graph()
+    compiled = compile_cuda(g, tmp_path / "prog", archs=("90",))
+    build(compiled, nccl=True)
+    x = np.random.default_rng(5).standard_normal(g.by_name("x").nelements).astype(np.float32)
+    with CProgram(compiled) as prog:
+        for _ in range(2):  # recorded, then replayed
+            prog.set(g.by_name("x"), x.tobytes())
+            prog.run()
+            assert np.array_equal(prog.get_f32(g.by_name("z")).reshape(-1), x)
+        prog.set(g.by_name("x"), (2 * x).tobytes())
+        for i in range(len(compiled.plan.groups)):
+            prog.run_group(i)
+        assert np.array_equal(prog.get_f32(g.by_name("z")).reshape(-1), 2 * x)
 
 
 def test_launcher_needs_a_gpu_a_rank() -> None:

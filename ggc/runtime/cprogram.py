@@ -16,8 +16,9 @@ from ..ir.graph import Tensor
 from .ranks import mpicc
 
 
-def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False) -> Path:
-    """Run make in the program directory; a compiler error becomes a GgcError with its output."""
+def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False, nccl: bool | None = None) -> Path:
+    """Run make in the program directory; a compiler error becomes a GgcError with its output.
+    nccl: build a CUDA program with NCCL (None: when it has several ranks)."""
     if shutil.which("make") is None:
         raise GgcError("'make' not found: install make and a C compiler (gcc)")
     cuda = (compiled.out / "program.cu").exists()
@@ -35,7 +36,7 @@ def build(compiled: CompiledC, target: str = "libmodel.so", openmp: bool = False
 
         # link the kernel library built (and cached) once, instead of compiling every kernel per program
         args += [f"ARCH={arch().removeprefix('sm_')}", f"KERNELS={build_library()}"]
-        if compiled.ranks > 1:
+        if compiled.ranks > 1 if nccl is None else nccl:
             args += _nccl_args()
     r = subprocess.run(args, cwd=compiled.out, capture_output=True, text=True)
     if r.returncode != 0:

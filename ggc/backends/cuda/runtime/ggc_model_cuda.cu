@@ -161,6 +161,10 @@ static void all_gather_nccl(const void *part, size_t bytes, void *all, cudaStrea
 // The communicator's id, from rank 0 to the others through the file GGC_NCCL_ID names: rank 0
 // writes it whole (to a temporary name, then renamed), the others wait for it to appear.
 static int exchange_id(int rank, ncclUniqueId *id) {
+    if (GGC_RANKS == 1) {  // a communicator of one (GGC_NCCL_ONE): nobody to hand the id to
+        const ncclResult_t r = ncclGetUniqueId(id);
+        return r == ncclSuccess ? 0 : set_error(g_last_error, "ncclGetUniqueId: %s", ncclGetErrorString(r));
+    }
     const char *path = getenv("GGC_NCCL_ID");
     if (!path || !*path)
         return set_error(g_last_error, "GGC_NCCL_ID is not set: the ranks of a %d-rank program need a file path, "
@@ -190,8 +194,11 @@ static int exchange_id(int rank, ncclUniqueId *id) {
     return set_error(g_last_error, "rank %d waited %.0f s for rank 0 to write the NCCL id to %s", rank, limit_s, path);
 }
 
+// A one-rank program uses no NCCL, unless GGC_NCCL_ONE=1 asks for a communicator of one: the
+// collectives then run through NCCL (copies), which checks this path on a machine of one GPU.
 static int nccl_start(ggc_model *m) {
-    if (GGC_RANKS == 1) return 0;
+    const char *one = getenv("GGC_NCCL_ONE");
+    if (GGC_RANKS == 1 && !(one && strcmp(one, "1") == 0)) return 0;
     setenv("NCCL_NVLS_ENABLE", "0", 1);  // no NVLink multicast: it can take a shared host's GPUs out of service
     ncclUniqueId id;
     if (exchange_id(m->rank, &id) != 0) return -1;
