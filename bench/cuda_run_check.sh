@@ -2,7 +2,8 @@
 # `ggc run --check --target cuda` on every tiny model (4 archs x 4 quants): 64 greedy tokens must
 # equal llama.cpp's. The prompt (~30 tokens) is longer than the prefill batch (16), so it runs in
 # chunks and then token by token; --ctx 512 makes attention read 256 cells at run time, not 512.
-# BATCH sets the prefill batch (default 16). Writes one log per model and a summary to $1 (default /tmp/bench/checks).
+# BATCH sets the prefill batch (default 16); RUN_ARGS adds to each command (e.g. "--ranks 2").
+# Writes one log per model and a summary to $1 (default /tmp/bench/checks).
 set -uo pipefail
 D=${1:-/tmp/bench/checks}
 mkdir -p "$D"
@@ -15,7 +16,7 @@ for a in ARCHS:
         print(a, q, tiny_model(a, q))
 PY
 python3 -c "from ggc.backends.cuda.abi import build_library; build_library()"  # once, before the parallel runs
-export PROMPT D BATCH
-xargs -P "${JOBS:-8}" -L 1 sh -c 'python3 -m ggc run "$2" -p "$PROMPT" -n 64 --ctx 512 --batch ${BATCH:-16} --check --target cuda \
+export PROMPT D BATCH RUN_ARGS
+xargs -P "${JOBS:-8}" -L 1 sh -c 'python3 -m ggc run "$2" -p "$PROMPT" -n 64 --ctx 512 --batch ${BATCH:-16} --check --target cuda ${RUN_ARGS:-} \
   > "$D/$0-$1.log" 2>&1; echo "$0 $1 rc=$?: $(grep -E "^check:|tok/s" "$D/$0-$1.log" | tr "\n" " ")"' \
   < "$D/models.txt" | sort | tee "$D/summary.txt"

@@ -7,11 +7,13 @@ its own seeded generator, by a thread pool (numpy releases the GIL), and streame
 well under a minute and little memory. The output is a deterministic function of (name, seed, overrides).
 
     python bench/models.py NAME OUT.gguf    # NAME one of BENCH_MODELS
+    python bench/models.py --weight-bytes DIR NAME...   # DIR/models.json: weight_bytes of DIR/NAME.gguf
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -297,8 +299,13 @@ def weight_bytes(path: str | Path) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--weight-bytes"] and len(argv) > 2:  # DIR NAME...: DIR/models.json from DIR/NAME.gguf
+        d = Path(argv[1])
+        (d / "models.json").write_text(json.dumps({n: weight_bytes(d / f"{n}.gguf") for n in argv[2:]}, indent=1))
+        return 0
     if len(argv) != 2:
-        print(f"usage: python bench/models.py NAME OUT.gguf\n  NAME: {' | '.join(BENCH_MODELS)}", file=sys.stderr)
+        print(f"usage: python bench/models.py NAME OUT.gguf | --weight-bytes DIR NAME...\n"
+              f"  NAME: {' | '.join(BENCH_MODELS)}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     path = write_bench_model(argv[0], argv[1])

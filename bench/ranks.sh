@@ -13,37 +13,17 @@
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0, here and in the generated runtime). Env: MODELS,
 # REPS, JOBS (parallel checks), GPUS (the counts to measure, default 1 2 4 8 up to the GPUs there).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-W=${BENCH_DIR:-/tmp/bench}
-MODELS=${MODELS:-"llama3.2-1b-q4_0 llama3.2-1b-f16 llama2-7b-q4_0"}
-REPS=${REPS:-3}
-mkdir -p "$OUT" "$W"
-exec > >(tee -a "$OUT/ranks.log") 2>&1
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 GGC_CACHE=${GGC_CACHE:-$W/cache}
-if [ -d .bench/cuda ]; then mkdir -p "$GGC_CACHE/cuda" && cp -n .bench/cuda/*.so "$GGC_CACHE/cuda/" 2>/dev/null; fi
+LOG=ranks.log . bench/device_env.sh
 nvidia-smi -L | tee "$W/gpus.txt"
 nvidia-smi topo -m > "$W/topo.txt" 2>&1
 N_GPU=$(nvidia-smi -L | grep -c '^GPU')
 python3 -c "from ggc.backends.cuda.abi import find_nccl, build_library; print('NCCL:', find_nccl()); print(build_library())"
-echo "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}" > "$W/commit.txt"
 
 check() {
   local D="$W/checks2"
   mkdir -p "$D"
-  PROMPT="The old lighthouse keeper climbed the stairs every evening, counting each step, and looked out over the grey water for the ships that never came"
-  python3 - > "$D/models.txt" <<'PY'
-from ggc.models.quantize import tiny_model
-from ggc.models.tiny import ARCHS
-for a in ARCHS:
-    for q in ("f16", "q8_0", "q4_0", "q4_k_m"):
-        print(a, q, tiny_model(a, q))
-PY
+  python3 -c "from ggc.models.quantize import tiny_model; from ggc.models.tiny import ARCHS; \
+[tiny_model(a, q) for a in ARCHS for q in ('f16', 'q8_0', 'q4_0', 'q4_k_m')]"  # once, before the parallel tests
   stamp "kernel tests of the collectives"
   python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels_comm.py tests/test_cuda_ranks.py -k "not two_gpus" \
     2>&1 | tail -5
@@ -51,11 +31,10 @@ PY
   python3 -m pytest -q -p no:cacheprovider -n "${JOBS:-8}" tests/test_cuda_ranks.py -k verify_two_gpus \
     > "$D/verify.log" 2>&1
   tail -30 "$D/verify.log"
-  stamp "run --check on 2 GPUs: every tiny model"
-  export PROMPT D
-  xargs -P "${JOBS:-8}" -L 1 sh -c 'python3 -m ggc run "$2" -p "$PROMPT" -n 64 --ctx 512 --batch 16 --check \
-    --target cuda --ranks 2 > "$D/$0-$1.log" 2>&1; echo "$0 $1 rc=$?: $(grep -E "^check:|tok/s" "$D/$0-$1.log" | tr "\n" " ")"' \
-    < "$D/models.txt" | sort | tee "$D/summary.txt"
+  stamp "run --check on 2 GPUs: every tiny model, both schemes"
+  RUN_ARGS="--ranks 2" bench/cuda_run_check.sh "$D/exact" > /dev/null
+  RUN_ARGS="--ranks 2 --partial-sums" bench/cuda_run_check.sh "$D/sums" > /dev/null
+  for s in exact sums; do sed "s/^/$s: /" "$D/$s/summary.txt"; done | tee "$D/summary.txt"
   cp "$D/summary.txt" "$OUT/run-check-2gpu.txt"
   grep -E "passed|failed" "$D/verify.log" | tail -1 > "$OUT/verify-2gpu.txt"
   grep -E "^(FAILED|ERROR)" "$D/verify.log" >> "$OUT/verify-2gpu.txt"
@@ -75,13 +54,7 @@ prep() {  # the bench models and their programs (CPU only)
   for m in $MODELS; do
     [ -s "$W/$m.gguf" ] || { stamp "writing $m"; python3 bench/models.py "$m" "$W/$m.gguf" || exit 1; }
   done
-  python3 - "$W" $MODELS <<'EOF'
-import json, sys
-sys.path.insert(0, "bench")
-from models import weight_bytes
-d, names = sys.argv[1], sys.argv[2:]
-json.dump({n: weight_bytes(f"{d}/{n}.gguf") for n in names}, open(f"{d}/models.json", "w"), indent=1)
-EOF
+  python3 bench/models.py --weight-bytes "$W" $MODELS
   stamp "compiling: $MODELS as $(configs | tr '\n' ' '), in parallel"
   for m in $MODELS; do for c in $(configs); do
     [ -s "$W/tp-$m-$c.prepare.json" ] || python3 bench/ggc_bench.py "$W/$m.gguf" --prepare $(flags "$c") \
@@ -100,7 +73,7 @@ bench() {
     python3 bench/ggc_bench.py "$W/$m.gguf" $(flags "$c") --reps "$REPS" --json "$W/tp-$m-$c.json" \
       > "$W/tp-$m-$c.log" 2>&1 || tail -20 "$W/tp-$m-$c.log"
   done; done
-  python3 bench/ranks_report.py "$W" --commit "$(cat "$W/commit.txt")" | tee "$OUT/ranks.md"
+  python3 bench/report.py --scaling "$W" --commit "$(cat "$W/commit.txt")" | tee "$OUT/ranks.md"
   tar czf "$OUT/ranks-files.tgz" -C "$W" $(cd "$W" && ls tp-*.json tp-*.log *.txt ceilings.json models.json 2>/dev/null)
 }
 

@@ -13,23 +13,8 @@
 #  4. bench/report.py writes the table to $OUT/bench.md.
 # Env: MODELS (names for bench/models.py), CHECKS=0 skips the GPU correctness checks, REPS.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-W=${BENCH_DIR:-/tmp/bench}
-MODELS=${MODELS:-"llama3.2-1b-q4_0 llama3.2-1b-f16 llama2-7b-q4_0"}
-REPS=${REPS:-3}
-mkdir -p "$OUT" "$W"
-exec > >(tee -a "$OUT/run.log") 2>&1
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 GGC_CACHE=${GGC_CACHE:-$W/cache}
-# a kernel library built before (carried in .bench/cuda) saves its nvcc time here
-if [ -d .bench/cuda ]; then mkdir -p "$GGC_CACHE/cuda" && cp -n .bench/cuda/*.so "$GGC_CACHE/cuda/" 2>/dev/null; fi
+LOG=run.log . bench/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee "$W/device.txt"
-# the device's copy of .git may lag the tree sent: pass COMMIT=$(git rev-parse --short HEAD) from here
-echo "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}" > "$W/commit.txt"
 
 # 1. the peer, in the background
 LLAMA_DIR=$W/llama.cpp
@@ -53,13 +38,7 @@ fi
 for m in $MODELS; do
   [ -s "$W/$m.gguf" ] || { stamp "writing $m"; python3 bench/models.py "$m" "$W/$m.gguf" || exit 1; }
 done
-python3 - "$W" $MODELS <<'EOF'
-import json, sys
-sys.path.insert(0, "bench")
-from models import weight_bytes
-d, names = sys.argv[1], sys.argv[2:]
-json.dump({n: weight_bytes(f"{d}/{n}.gguf") for n in names}, open(f"{d}/models.json", "w"), indent=1)
-EOF
+python3 bench/models.py --weight-bytes "$W" $MODELS
 for m in $MODELS; do
   [ -s "$W/ggc-$m.prepare.json" ] || { stamp "ggc: compiling $m";
     python3 bench/ggc_bench.py "$W/$m.gguf" --prepare --json "$W/ggc-$m.prepare.json" > "$W/ggc-$m.prepare.log" 2>&1 \
