@@ -328,14 +328,14 @@ def test_flash_attn_tensor_cores(kv: str, d: int) -> None:
 
 
 def _decode(d: int, heads: int, heads_kv: int, n_kv: int, pad: int = 0, holes: bool = False, *,
-            softcap: float = 0.0, max_bias: float = 0.0, sinks: bool = False, seqs: int = 1) -> Build:
+            softcap: float = 0.0, max_bias: float = 0.0, sinks: bool = False, seqs: int = 1, kv: str = "f16") -> Build:
     """one query row per head (decode) against f16 K/V views of a cache; the mask is -inf over the
     last `pad` cells (as the runtime pads n_kv past the cells in use) and, with holes, over random
     single cells and one whole 32-key tile, with small noise elsewhere"""
     def build(b: GraphBuilder) -> Ref:
         q = call(b, "permute", "tiiii", x(b, d, heads, 1, seqs, name="q"), 0, 2, 1, 3)
-        k = _kv(b, "f16", d, heads_kv, n_kv, seqs * n_kv + 40, "k_cache", seqs)
-        v = _kv(b, "f16", d, heads_kv, n_kv, seqs * n_kv + 40, "v_cache", seqs)
+        k = _kv(b, kv, d, heads_kv, n_kv, seqs * n_kv + 40, "k_cache", seqs)
+        v = _kv(b, kv, d, heads_kv, n_kv, seqs * n_kv + 40, "v_cache", seqs)
         m = RNG.standard_normal((1, n_kv)).astype(np.float32) * 0.5
         if pad:
             m[:, n_kv - pad :] = -np.inf
@@ -370,6 +370,44 @@ def test_flash_attn_decode_options(n_kv: int) -> None:
     assert_ok(_decode(64, 8, 2, n_kv, 10, holes=True, sinks=True), FA)
     assert_ok(_decode(64, 8, 8, n_kv, 10, sinks=True), FA)
     assert_ok(_decode(128, 8, 2, n_kv, 10, seqs=2), FA)
+
+
+def q8a_of(x: np.ndarray) -> bytes:
+    """The q8a activations (quants, then a 16-byte meta a 32-element block) ggc_k_quantize_q8a makes
+    of an f32 row, as ggml-CPU's x86 q8_0 quantizer rounds: d = amax / 127, q = x * (127 / amax)
+    rounded half to even; meta (f16(d), f16(d) * the sums of each half's quants, 0)."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint((blocks * inv[:, None]).astype(np.float32)).astype(np.int32)
+    dh = d.astype(np.float16).astype(np.float32)
+    sums = q.reshape(-1, 2, 16).sum(axis=2).astype(np.float32)
+    meta = np.stack([dh, dh * sums[:, 0], dh * sums[:, 1], np.zeros_like(dh)], axis=1).astype(np.float32)
+    return q.astype(np.int8).tobytes() + meta.tobytes()
+
+
+@pytest.mark.parametrize("case", [(128, 32, 32, 100, "f16"), (128, 32, 32, 1024, "f16"), (64, 32, 8, 640, "f16"),
+                                  (128, 8, 8, 256, "q8_0")], ids=["7b", "7b-split", "1b-gqa4", "q8_0-kv"])
+def test_flash_attn_quant_out(case: tuple[int, int, int, int, str]) -> None:
+    """With the context's quant_out (decode: the output projection reads the attention's row as q8a
+    activations), the work buffer holds exactly what the conversion kernel would make of the output
+    row: written by k_fa_dec's epilogue (f16 K/V, unsplit and split), else by a launch after it (a
+    q8_0 cache); the output itself is unchanged."""
+    require_gpu()
+    d, heads, heads_kv, n_kv, kv = case
+    with GraphBuilder() as b:
+        out = _decode(d, heads, heads_kv, n_kv, 20, kv=kv)(b)
+        graph, live = b.capture_live(out)
+        values = b.compute()
+        leaf = {i: b.data.get(p, bytes(graph.tensors[i].nbytes)) for i, p in enumerate(live.ptrs[: live.n_leafs])}
+    (t,) = [t for t in graph.nodes if t.op == "FLASH_ATTN_EXT"]
+    srcs, dst_init = node_inputs(graph, values, leaf, t)
+    dst, work = cuda.run_node_quant_out(t, srcs, dst_init, k=d * heads)
+    assert dst == cuda.run_node(t, srcs, dst_init)
+    assert compare(t, values[t.id], dst).ok
+    assert work == q8a_of(np.frombuffer(dst, np.float32))
 
 
 def test_flash_attn_decode_repeats() -> None:

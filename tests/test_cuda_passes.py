@@ -14,7 +14,13 @@ import pytest
 
 from ggc.backends.c.emit import C_FUSION, plan_program
 from ggc.backends.cuda.abi import regroup_q4_0
-from ggc.backends.cuda.emit import CUDA_FUSION, _act_reuse, _quantizing_norms, regrouped_weights
+from ggc.backends.cuda.emit import (
+    CUDA_FUSION,
+    _act_reuse,
+    _quantizing_attention,
+    _quantizing_norms,
+    regrouped_weights,
+)
 from ggc.compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, Fusion, live_nodes, make_groups
 from ggc.ir.graph import Graph
 from ggc.models.quantize import tiny_model
@@ -71,12 +77,17 @@ def test_act_reuse_q_k_v_and_gate_up(llama_q4_0: Graph) -> None:
     # Q and gate take theirs from the norm before them, which quantized its row (q4_0 weights dot q8_0)
     assert names.count("Kcur") == names.count("Vcur") == names.count("ffn_up") == n_layers
     assert names.count("Qcur") == names.count("ffn_gate") == n_layers
-    assert set(names) - {"result_output"} == {"Kcur", "Vcur", "ffn_up", "Qcur", "ffn_gate"}
-    norms = _quantizing_norms(p)
+    # the attention output projection takes its activations from the attention call before it
+    assert names.count("attn_out") == n_layers
+    assert set(names) - {"result_output"} == {"Kcur", "Vcur", "ffn_up", "Qcur", "ffn_gate", "attn_out"}
+    norms, attention = _quantizing_norms(p), _quantizing_attention(p)
     assert {g + 1 for g in norms} <= reuse and all(p.groups[g].nodes[0].op == "RMS_NORM" for g in norms)
-    # a kernel that writes the work buffer in between breaks the chain (the norms' rule stands alone)
+    assert {g + 1 for g in attention} <= reuse and len(attention) == n_layers
+    assert all(p.groups[g].nodes[0].op == "FLASH_ATTN_EXT" for g in attention)
+    # a kernel that writes the work buffer in between breaks the chain (the norms' and attention's rules
+    # stand alone)
     assert _act_reuse(p, lambda op: op != "RMS_NORM") == {
-        i for i in reuse if p.groups[i - 1].nodes[0].op == "MUL_MAT" or i - 1 in norms}
+        i for i in reuse if p.groups[i - 1].nodes[0].op == "MUL_MAT" or i - 1 in norms | attention}
 
 
 def test_norms_quantize_only_for_one_row_of_q8_0_products() -> None:
@@ -308,3 +319,17 @@ def test_tied_embedding_stays_on_the_gpu() -> None:
     g = _decode_graph("qwen2", "q8_0")  # token_embd.weight is also the output projection
     assert any(t.op == "MUL_MAT" and t.src[0].name == "token_embd.weight" for t in g.nodes)
     assert cuda_plans(g)[2][0].host_size == 0
+
+
+def test_attention_quantizes_its_row_only_for_q8_0_products() -> None:
+    """the attention call writes the output projection's q8_0 activations at decode (one row) for
+    q4_0 / q8_0 weights, not for f16 or k-quant weights nor for a prefill's rows"""
+    from ggc.capture.llama import LlamaSession, SessionOptions
+
+    for quant, want in (("f16", False), ("q4_k_m", False), ("q8_0", True), ("q4_0", True)):
+        g = _decode_graph("llama", quant)
+        p = plan_program(g, False, CUDA_FUSION, None)[2][0]
+        assert bool(_quantizing_attention(p)) is want, quant
+    with LlamaSession(tiny_model("llama", "q4_0"), SessionOptions(n_ctx=256, n_batch=8)) as s:
+        pre = s.capture(8, 1)[0]
+    assert not _quantizing_attention(plan_program(pre, False, CUDA_FUSION, None)[2][0])

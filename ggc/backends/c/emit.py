@@ -108,6 +108,9 @@ class KernelABI:
     call_node: Callable[[Group], Call | None] | None = None
     # context fields a library call sets beyond the defaults ("w_const = 1"), or None: none
     ctx_fields: Callable[[Call], list[str]] | None = None
+    # groups whose library call also leaves its result as the next group's converted input in the work
+    # buffer (the call then gets a context with quant_out set; the next is in act_reuse), or None
+    out_quant: Callable[[Plan], set[int]] | None = None
 
     def calls(self, p: Plan) -> dict[int, Call]:
         """Each group that is a library kernel call, by group id: every unfused node, and the fused
@@ -205,13 +208,15 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
     lines += [f"    {abi.ctx_type} *w = ({abi.ctx_type} *)ctx;", "    (void)n; (void)w; (void)arena;",
               "    switch (g) {"]
     reuse = abi.act_reuse(p, lambda op: abi.has_symbol(abi.work_prefix + op.lower())) if abi.act_reuse else set()
+    quant_out = abi.out_quant(p) if abi.out_quant else set()
     for grp in p.groups:
         c = calls.get(grp.id)
         if c is None:
             lines.append(f"    case {grp.id}: group_{gi}_{grp.id}(arena, w); break;")
             continue
         call = f"{abi.kernel(c.op)}(&n[{nindex[grp.id]}]"
-        fields = (["act_ready = 1"] if grp.id in reuse else []) + (abi.ctx_fields(c) if abi.ctx_fields else [])
+        fields = ((["act_ready = 1"] if grp.id in reuse else []) + (["quant_out = 1"] if grp.id in quant_out else [])
+                  + (abi.ctx_fields(c) if abi.ctx_fields else []))
         if fields:
             sets = "".join(f"c.{f}; " for f in fields)
             lines.append(f"    case {grp.id}: {{ {abi.ctx_type.removeprefix('const ')} c = *w; {sets}"

@@ -176,6 +176,10 @@ def load_library() -> C.CDLL:
         lib.ggc_cuda_run_node.restype = C.c_int
         lib.ggc_cuda_run_node.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(CNode), C.POINTER(C.c_size_t),
                                           C.c_size_t, C.c_char_p, C.c_size_t, C.c_int64]
+        lib.ggc_cuda_run_node_quant_out.restype = C.c_int
+        lib.ggc_cuda_run_node_quant_out.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(CNode), C.POINTER(C.c_size_t),
+                                                    C.c_size_t, C.c_char_p, C.c_size_t, C.c_int64, C.c_void_p,
+                                                    C.c_size_t]
         lib.ggc_cuda_bench_node.restype = C.c_int
         lib.ggc_cuda_bench_node.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(CNode), C.POINTER(C.c_size_t),
                                             C.c_size_t, C.c_int, C.c_int, C.POINTER(C.c_float), C.c_char_p,
@@ -212,7 +216,8 @@ def regroup_q4_0(data: bytes) -> bytes:
 
 
 def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib: C.CDLL | None, n_kv: int,
-            bench: tuple[int, int] | None, regroup: bool = False) -> tuple[bytes, float]:
+            bench: tuple[int, int] | None, regroup: bool = False, work_out: C.Array | None = None
+            ) -> tuple[bytes, float]:
     lib = lib or load_library()
     name = kernel_name(t)
     fn = getattr(lib, name, None)
@@ -232,7 +237,10 @@ def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib
     fn_ptr = C.cast(fn, C.c_void_p)
     work_ptr = C.cast(work, C.c_void_p) if work is not None else None
     ms = C.c_float(0.0)
-    if bench is None:
+    if work_out is not None:
+        rc = lib.ggc_cuda_run_node_quant_out(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err), n_kv,
+                                             work_out, len(work_out))
+    elif bench is None:
         rc = lib.ggc_cuda_run_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, err, len(err), n_kv)
     else:
         rc = lib.ggc_cuda_bench_node(fn_ptr, work_ptr, C.byref(node), sizes, t.nbytes, bench[0], bench[1],
@@ -250,6 +258,16 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
     regroup: a q4_0 src0 goes in as GPU programs keep it (GGC_TYPE_Q4_0R8, regroup_q4_0).
     Returns the destination's bytes."""
     return _launch(t, src_data, dst_init, lib, n_kv, None, regroup)[0]
+
+
+def run_node_quant_out(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = None, n_kv: int = 0,
+                       k: int = 0) -> tuple[bytes, bytes]:
+    """run_node with the context's quant_out set, for an op that also leaves its one output row of k
+    elements as the next product's q8a activations in the work buffer: (the destination's bytes, the
+    work buffer's first k quant bytes then k / 32 16-byte metas)."""
+    work = C.create_string_buffer(k + k // 32 * 16)
+    dst, _ = _launch(t, src_data, dst_init, None, n_kv, None, work_out=work)
+    return dst, work.raw
 
 
 def bench_node(t: Tensor, src_data: list[bytes | None], warmup: int = 10, iters: int = 100,

@@ -123,6 +123,33 @@ def _quantizes_for(a: Group, b: Group) -> bool:
             and last.type.name == "f32")
 
 
+def _quantizing_attention(p: Plan) -> set[int]:
+    """FLASH_ATTN_EXT groups whose one output row the product right after them reads, whole, as its
+    one column (the attention output projection at decode) with q8_0-activation weights: the attention
+    call also writes that row as the product's q8a activations (quant_out), and the product reads them
+    (act_ready) instead of a conversion launch of its own."""
+    out = set()
+    for a, b in zip(p.groups, p.groups[1:]):
+        fa, t = a.nodes[0], b.nodes[0]
+        if a.fused or fa.op != "FLASH_ATTN_EXT" or t.op != "MUL_MAT" or len(t.src) < 2 or t.src[1] is None:
+            continue
+        x = t.src[1]
+        if (root(x) is fa and x.nelements == fa.nelements and x.ne[1:] == (1, 1, 1) and x.ne[0] % 32 == 0
+                and x.is_contiguous() and fa.is_contiguous() and fa.type.name == "f32"
+                and t.src[0].type.name in Q8_0_ACT_WEIGHTS):
+            out.add(a.id)
+    return out
+
+
+def handoffs(p: Plan) -> dict[int, int]:
+    """Groups that take the group before them through the work buffer, not through the arena: the
+    product group's id -> the attention group's that wrote its quantized activations
+    (_quantizing_attention). `ggc verify` runs each group on the reference's inputs, but such a
+    product reads the attention's own result, so it is checked as the second half of one unit: on
+    the attention's inputs, held to the looser limit of the two."""
+    return {a + 1: a for a in _quantizing_attention(p)}
+
+
 def _row_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:
     """A norm and the elementwise chain after it: one block per row, the row held in registers
     between the reduction and the chain (RMS_NORM: x * 1/sqrt(mean(x^2) + eps); NORM: (x - mean)
@@ -251,8 +278,9 @@ def _act_reuse(p: Plan, uses_work: Callable[[str], bool]) -> set[int]:
     """MUL_MAT groups whose src1 the previous MUL_MAT converted already (the same tensor and weight
     type, so the same conversion: q8 activations for the matrix-vector path, f16 for the tensor-core
     one) with no group in between that writes the work buffer: Q, K and V of one norm, gate and up;
-    and the calls right after a quantizing norm (_quantizing_norms), which wrote their activations."""
-    out: set[int] = {g + 1 for g in _quantizing_norms(p)}
+    and the calls right after a quantizing norm (_quantizing_norms) or attention (_quantizing_attention),
+    which wrote their activations."""
+    out: set[int] = {g + 1 for g in _quantizing_norms(p) | _quantizing_attention(p)}
     last: tuple[int, str] | None = None
     for grp in p.groups:
         t = grp.nodes[0]
@@ -297,7 +325,8 @@ def _const_weights(c: Call) -> list[str]:
 
 CUDA_ABI = KernelABI(op_prefix="ggc_cuda_op_", work_prefix="ggc_cuda_work_", ctx_type="const ggc_cuda_ctx",
                      linkage='extern "C" ', has_symbol=_has_cuda_symbol, fused=_fused_group_cuda,
-                     act_reuse=_act_reuse, call_node=_library_call, ctx_fields=_const_weights)
+                     act_reuse=_act_reuse, call_node=_library_call, ctx_fields=_const_weights,
+                     out_quant=_quantizing_attention)
 
 MAKEFILE = """\
 # Build the generated CUDA program: `make` gives ./{name} (a CLI) and lib{name}.so (the C API).

@@ -39,6 +39,8 @@ struct ggc_cuda_ctx {
                          the same src1 and weight type; the generated program decides) */
     int w_const;      /* MUL_MAT: its weights (src[0], and src[3], src[4], src[6] when present) are constants
                          of the model that no kernel writes, so they may be read before the PDL wait */
+    int quant_out;    /* FLASH_ATTN_EXT of one output row: also leave that row as q8_0 activations (q8a) at
+                         the start of the work buffer, for the product right after it (its act_ready) */
 };
 
 /* ---- ranks (ggc_cuda_comm.cu): the collectives of a tensor-parallel program, queued on stream s.

@@ -39,6 +39,7 @@
  * count at run time never exceeds what that size allows; with less work memory it splits less.
  */
 #include "ggc_cuda.cuh"
+#include "ggc_cuda_quants.cuh"
 
 #include <math.h>
 
@@ -79,6 +80,8 @@ struct fa_args {
     float *part_o;  /* [rows][n_chunks][D] (n_chunks > 1) */
     float *part_ml; /* [rows][n_chunks][2]: max (log2 domain), sum */
     int fused;      /* k_fa_dec: the last block of a row merges the chunks (no k_fa_combine) */
+    int8_t *qout;   /* k_fa_dec with ctx quant_out: the one output row as q8a too (quants, then metas) */
+    ggc_q8a_meta *qmeta;
 };
 
 /* the mask multiplier of head h in the log2 domain: ALiBi slope * log2(e) */
@@ -997,6 +1000,15 @@ __global__ void __launch_bounds__(128) k_fa_dec(const fa_args p) {
     auto out_row = [&](int r) {
         return (float *)(p.dst + head(r) * p.sd.nb[1] + query(r) * p.sd.nb[2] + iq3 * p.sd.nb[3]);
     };
+    /* the output pair (2 pc, 2 pc + 1) of row r; with p.qout also its q8a form (the row is head h of the
+     * one output row: elements h * D ..; 16 lanes a 32-element block) */
+    auto store_out = [&](int r, float o0, float o1) {
+        *(float2 *)(out_row(r) + 2 * pc) = make_float2(o0, o1);
+        if (p.qout) {
+            const int64_t e = head(r) * D + 2 * pc;
+            ggc_q8a_quant_pairs16(o0, o1, lane, p.qout + (e & ~(int64_t)31), p.qmeta + e / 32);
+        }
+    };
     /* 1 / L with the sink's share of the row (h: the row's head, M its max, L its sum) */
     auto norm = [&](int r, float M, float L) {
         float f = 1.0f;
@@ -1012,9 +1024,9 @@ __global__ void __launch_bounds__(128) k_fa_dec(const fa_args p) {
 #pragma unroll
         for (int i = 0; i < RPV; i++) {
             const int r = pr + i * RGN;
-            if (r < nb) {
+            if (r < nb) { /* r is the same for a whole warp (CP >= 32): its lanes quantize together */
                 const float sc_ = norm(r, s_m[r], s_l[r]);
-                *(float2 *)(out_row(r) + 2 * pc) = make_float2(acc[i][0] * sc_, acc[i][1] * sc_);
+                store_out(r, acc[i][0] * sc_, acc[i][1] * sc_);
             }
         }
         return;
@@ -1079,7 +1091,7 @@ __global__ void __launch_bounds__(128) k_fa_dec(const fa_args p) {
                 o0 = fmaf(v.x, w, o0);
                 o1 = fmaf(v.y, w, o1);
             }
-            *(float2 *)(out_row(r) + 2 * pc) = make_float2(o0 * s_alpha[r], o1 * s_alpha[r]);
+            store_out(r, o0 * s_alpha[r], o1 * s_alpha[r]);
         }
     }
 }
@@ -1148,6 +1160,21 @@ fa_plan plan_of(const ggc_node *n, int n_sm = FA_ASSUMED_SM) {
     return pl;
 }
 
+/* work bytes kept first for the q8a form of a one-row output (ctx quant_out); the partials follow */
+size_t qout_bytes(const ggc_node *n) {
+    const ggc_tensor *q = &n->src[0];
+    if (q->ne[1] * q->ne[3] != 1) return 0;
+    const size_t k = (size_t)n->src[2].ne[0] * (size_t)q->ne[2];
+    return (k + k / 32 * sizeof(ggc_q8a_meta) + 255) / 256 * 256;
+}
+
+/* the q8a form of the one output row when the kernel did not write it: a warp a 32-element block */
+__global__ void __launch_bounds__(256) k_fa_quant_out(const float *x, int64_t nblocks, int8_t *q, ggc_q8a_meta *meta) {
+    GGC_PDL_BEGIN();
+    const int64_t b = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
+    if (b < nblocks) ggc_q8a_quant_warp<GGC_ACTQ_Q8_0>(x[b * 32 + threadIdx.x % 32], threadIdx.x % 32, q + b * 32, meta + b);
+}
+
 size_t part_bytes_per_chunk(const ggc_node *n, const fa_plan &pl) {
     return (size_t)pl.rows * ((size_t)n->src[2].ne[0] + 2) * sizeof(float);
 }
@@ -1201,7 +1228,7 @@ extern "C" {
 
 size_t ggc_cuda_work_flash_attn_ext(const ggc_node *n) {
     const fa_plan pl = plan_of(n);
-    return pl.max_chunks > 1 ? part_bytes_per_chunk(n, pl) * (size_t)pl.max_chunks : 0;
+    return qout_bytes(n) + (pl.max_chunks > 1 ? part_bytes_per_chunk(n, pl) * (size_t)pl.max_chunks : 0);
 }
 
 void ggc_cuda_op_flash_attn_ext(const ggc_node *n, const ggc_cuda_ctx *c) {
@@ -1255,14 +1282,24 @@ void ggc_cuda_op_flash_attn_ext(const ggc_node *n, const ggc_cuda_ctx *c) {
     int64_t chunks = now.base_blocks >= now.split_below * n_sm ? 1 : ggc_cdiv(now.target * n_sm, now.base_blocks);
     if (chunks > pl.max_chunks) chunks = pl.max_chunks; /* what the work size allows for */
     if (chunks > ggc_cdiv(p.n_kv, pl.gran)) chunks = ggc_cdiv(p.n_kv, pl.gran);
-    const size_t per_chunk = part_bytes_per_chunk(n, pl);
-    const int64_t fit = c->work ? (int64_t)(c->work_size / per_chunk) : 0;
+    const size_t per_chunk = part_bytes_per_chunk(n, pl), qoff = qout_bytes(n);
+    const int64_t fit = c->work && c->work_size > qoff ? (int64_t)((c->work_size - qoff) / per_chunk) : 0;
     if (chunks > fit) chunks = fit;
     if (chunks < 1) chunks = 1;
     p.chunk_len = ggc_cdiv(ggc_cdiv(p.n_kv, chunks), pl.gran) * pl.gran;
     p.n_chunks = (int)ggc_cdiv(p.n_kv, p.chunk_len);
     if (p.n_chunks < 1) p.n_chunks = 1;
-    p.part_o = p.n_chunks > 1 ? (float *)c->work : nullptr;
+    p.part_o = p.n_chunks > 1 ? (float *)((char *)c->work + qoff) : nullptr;
+    p.qout = nullptr;
+    p.qmeta = nullptr;
+    const int64_t qk = D * p.H; /* the one output row's elements */
+    if (c->quant_out) {
+        if (!qoff || !c->work || c->work_size < qoff || qk % 32 != 0 || d->nb[1] != (size_t)D * 4 ||
+            d->nb[2] != (size_t)qk * 4)
+            GGC_FA_UNSUPPORTED("quant_out: one contiguous f32 output row of whole 32-element blocks");
+        p.qout = (int8_t *)c->work;
+        p.qmeta = (ggc_q8a_meta *)((char *)c->work + qk);
+    }
     p.part_ml = p.n_chunks > 1 ? p.part_o + (size_t)pl.rows * p.n_chunks * D : nullptr;
 
     const bool kvec = aligned16(k), vvec = aligned16(v);
@@ -1292,8 +1329,13 @@ void ggc_cuda_op_flash_attn_ext(const ggc_node *n, const ggc_cuda_ctx *c) {
         default: launch_vec<256>(p, grid, s, kvec, vvec); break;
         }
     }
+    const bool quantized = pl.kind == FA_DEC && kvec && vvec; /* k_fa_dec wrote p.qout itself; the others
+                                                                   leave it to k_fa_quant_out below */
     if (p.n_chunks > 1 && !p.fused)
         ggc_launch(k_fa_combine, dim3((unsigned)pl.rows, (unsigned)(D / 32), 1), 32 * (p.n_chunks < 8 ? p.n_chunks : 8), (size_t)p.n_chunks * sizeof(float), s, p, (int)D);
+    if (c->quant_out && !quantized)
+        ggc_launch(k_fa_quant_out, (unsigned)ggc_cdiv(qk / 32, 8), 256, 0, s, (const float *)d->data, qk / 32,
+                   (int8_t *)c->work, (ggc_q8a_meta *)((char *)c->work + qk));
 }
 
 } // extern "C"

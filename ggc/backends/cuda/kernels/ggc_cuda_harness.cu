@@ -40,7 +40,7 @@ extern "C" void ggc_cuda_device_name(char *out, size_t len) {
  * events (ms_out: mean milliseconds per run, when iters > 0). */
 static int run_node_impl(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *node, const size_t *src_sizes,
                          size_t dst_size, int64_t n_kv, int warmup, int iters, float *ms_out, char *err,
-                         size_t err_len) {
+                         size_t err_len, int quant_out = 0, void *work_out = nullptr, size_t work_out_size = 0) {
     cudaEvent_t ev0 = nullptr, ev1 = nullptr;
     void *dev[GGC_MAX_SRC] = {nullptr};
     void *ddst = nullptr, *dwork = nullptr;
@@ -80,6 +80,7 @@ static int run_node_impl(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *
     ctx.work_size = wsize;
     ctx.n_kv = n_kv;
     ctx.w_const = 1; /* nothing writes the sources during the call: products load weights before the PDL wait */
+    ctx.quant_out = quant_out;
     {
         int dev_id = 0;
         TRY(cudaGetDevice(&dev_id));
@@ -106,6 +107,11 @@ static int run_node_impl(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *
         *ms_out = ms / (float)iters;
     }
     TRY(cudaMemcpy(node->dst.data, ddst, dst_size, cudaMemcpyDeviceToHost));
+    if (work_out && work_out_size) {
+        what = "reading the work buffer back";
+        if (work_out_size > wsize) TRY(cudaErrorInvalidValue);
+        TRY(cudaMemcpy(work_out, dwork, work_out_size, cudaMemcpyDeviceToHost));
+    }
 done:
     if (e != cudaSuccess && err && err_len) snprintf(err, err_len, "%s: %s", what, cudaGetErrorString(e));
     for (int j = 0; j < GGC_MAX_SRC; j++)
@@ -125,6 +131,16 @@ extern "C" int ggc_cuda_run_node(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, gg
     return run_node_impl(op, work_fn, node, src_sizes, dst_size, n_kv, 0, 0, nullptr, err, err_len);
 }
 
+/* as ggc_cuda_run_node with the context's quant_out set (an op that also leaves its result as the
+ * next product's q8a activations at the start of the work buffer), and the first work_out_size
+ * bytes of the work buffer copied to work_out */
+extern "C" int ggc_cuda_run_node_quant_out(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *node,
+                                           const size_t *src_sizes, size_t dst_size, char *err, size_t err_len,
+                                           int64_t n_kv, void *work_out, size_t work_out_size) {
+    return run_node_impl(op, work_fn, node, src_sizes, dst_size, n_kv, 0, 0, nullptr, err, err_len, 1, work_out,
+                         work_out_size);
+}
+
 /* as ggc_cuda_run_node, timing `iters` back-to-back runs after `warmup` ones (the op, its src1
  * conversion included; not the copies): mean milliseconds per run in *ms */
 extern "C" int ggc_cuda_bench_node(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, ggc_node *node,
@@ -139,23 +155,26 @@ extern "C" int ggc_cuda_bench_node(ggc_cuda_op_fn op, ggc_cuda_work_fn work_fn, 
 static int g_test_ranks = 1;
 
 __global__ void test_reduce_kernel(const float *src, float *dst, int64_t n, int ranks) {
+    GGC_PDL_BEGIN();
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] = src[i] * ranks + 100.0f * (ranks * (ranks - 1) / 2);
 }
 
 __global__ void test_gather_kernel(const float *part, int64_t n, float *all, int ranks) {
+    GGC_PDL_BEGIN();
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
         for (int r = 0; r < ranks; r++) all[r * n + i] = part[i] + 100.0f * r;
 }
 
 static void test_all_reduce(const float *src, float *dst, int64_t n, cudaStream_t s) {
-    test_reduce_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(src, dst, n, g_test_ranks);
+    ggc_launch(test_reduce_kernel, (unsigned)((n + 255) / 256), 256, 0, s, src, dst, n, g_test_ranks);
 }
 
 static void test_all_gather(const void *part, size_t bytes, void *all, cudaStream_t s) {
     const int64_t n = (int64_t)(bytes / sizeof(float));
-    test_gather_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((const float *)part, n, (float *)all, g_test_ranks);
+    ggc_launch(test_gather_kernel, (unsigned)((n + 255) / 256), 256, 0, s, (const float *)part, n, (float *)all,
+               g_test_ranks);
 }
 
 // ranks > 1: set the hooks to the stand-ins for that many ranks; 1: unset them (one rank)

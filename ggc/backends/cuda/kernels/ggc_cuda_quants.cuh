@@ -666,6 +666,27 @@ static __device__ __forceinline__ void ggc_q8a_quant_warp(float x, int lane, int
     }
 }
 
+/* One q8_0 block to q8a by 16 lanes (lanes 16g .. 16g+15 of a warp, every lane of which calls this),
+ * lane l holding elements 2l, 2l + 1 of the block: the same bits as ggc_q8a_quant_warp<GGC_ACTQ_Q8_0>
+ * (the same rounded operations; the max is exact in any order). q: the block's quants, meta: its meta. */
+static __device__ __forceinline__ void ggc_q8a_quant_pairs16(float x0, float x1, int lane, int8_t *q,
+                                                             ggc_q8a_meta *meta) {
+    float amax = fmaxf(fabsf(x0), fabsf(x1));
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = __fdiv_rn(amax, 127.0f), id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    const int q0 = __float2int_rn(__fmul_rn(x0, id)), q1 = __float2int_rn(__fmul_rn(x1, id));
+    *(uint16_t *)(q + 2 * (lane & 15)) = (uint16_t)((uint8_t)(int8_t)q0 | ((uint32_t)(uint8_t)(int8_t)q1 << 8));
+    int s = q0 + q1;
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o); /* sums over 8 lanes: 16 elements */
+    const int s_hi = __shfl_down_sync(0xffffffffu, s, 8);
+    if ((lane & 15) == 0) {
+        const float dh = ggc_h2f(ggc_f2h(d));
+        *meta = ggc_q8a_meta{dh, __fmul_rn(dh, (float)s), __fmul_rn(dh, (float)s_hi), 0.0f};
+    }
+}
+
 /* One q8_K block (256 elements) to q8a by a warp: lane l holds x[8l .. 8l+7]; writes its 8 quants
  * and (lanes 4s) the meta of 32-element sub-block s: the bsums of its halves are lanes 4s, 4s+1
  * and 4s+2, 4s+3. q: the block's first quant (8-byte aligned); meta: its first sub-block's. */
