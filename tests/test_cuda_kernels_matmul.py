@@ -251,6 +251,20 @@ def test_regrouped_q4_0_product_matches_ggml(cols: int) -> None:
 
 
 
+@pytest.mark.parametrize(("k", "env"), [(2048, {}), (6144, {}), (6144, {"GGC_GEMV1_BLOCKS": "3"}),
+                                         (2048, {"GGC_GEMV1_NT": "128"})],
+                         ids=["2048", "6144", "6144-3blocks", "2048-nt128"])
+def test_regrouped_q6_k_one_column_product_matches_ggml(k: int, env: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """q6_K weights as GPU programs keep them for one-column products (GGC_TYPE_Q6_KR8: rows of whole
+    2048-element groups, a sub-block's quants in aligned 16-byte loads): one group a row in 64-thread
+    blocks (and in 128-thread ones), three a row (a thread's several sub-blocks), and a grid smaller
+    than the row groups"""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert_ok(_mul_mat("q6_K", 1, k=k), OPS, regroup=True)
+
+
 @pytest.mark.parametrize("t", ["q4_0", "q6_K"])
 def test_one_column_product_in_128_thread_blocks(t: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """rows of at most 2048 elements run ggc_k_gemv1 in 64-thread blocks; GGC_GEMV1_NT=128 keeps the

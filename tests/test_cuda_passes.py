@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ggc.backends.c.emit import C_FUSION, plan_program
-from ggc.backends.cuda.abi import regroup_q4_0
+from ggc.backends.cuda.abi import regroup_q4_0, regroup_q6_k
 from ggc.backends.cuda.emit import (
     CUDA_FUSION,
     _act_reuse,
@@ -22,7 +22,7 @@ from ggc.backends.cuda.emit import (
     regrouped_weights,
 )
 from ggc.compiler.passes import ADD_EPILOGUES, GLU_PAIRS, ROW_HEADS, Fusion, live_nodes, make_groups
-from ggc.ir.graph import Graph
+from ggc.ir.graph import Graph, Tensor
 from ggc.models.quantize import tiny_model
 
 
@@ -109,9 +109,47 @@ def test_regrouped_weights(llama_q4_0: Graph) -> None:
     names = regrouped_weights(plans)
     mm = {t.src[0].data.name for t in llama_q4_0.nodes if t.op == "MUL_MAT" and t.src[0].type.name == "q4_0"}
     # token_embd (read by GET_ROWS) stays as it is; every q4_0 matrix product weight is regrouped
-    assert names == mm and "token_embd.weight" not in names
+    assert {n for n, k in names.items() if k == "GGC_TYPE_Q4_0R8"} == mm and "token_embd.weight" not in names
     f16 = _decode_graph("llama", "f16")
-    assert regrouped_weights(plan_program(f16, False, C_FUSION, None)[2]) == set()
+    assert regrouped_weights(plan_program(f16, False, C_FUSION, None)[2]) == {}
+
+
+def test_q6_k_regrouped_only_for_one_column_products_of_whole_groups() -> None:
+    """A q6_K weight is regrouped when every product that reads it has one column and its rows are
+    whole 2048-element groups; a prefill's products of several columns keep it as it is."""
+    from ggc.capture.llama import LlamaSession, SessionOptions
+    from ggc.ir.graph import GgufData
+
+    g = _decode_graph("llama", "q4_k_m")
+    q6 = [t for t in g.leafs if t.type.name == "q6_K" and "weight" in t.flags and isinstance(t.data, GgufData)]
+    assert q6  # the tiny model's rows are 256 elements: not whole groups, so none is regrouped
+    assert all(t.ne[0] % 2048 for t in q6)
+    assert not {k for k in regrouped_weights(plan_program(g, False, CUDA_FUSION, None)[2]).values()
+                if k == "GGC_TYPE_Q6_KR8"}
+    with LlamaSession(tiny_model("llama", "q4_k_m"), SessionOptions(n_ctx=256, n_batch=8)) as sess:
+        pre = sess.capture(8, 1)[0]
+    (w,) = [t for t in pre.leafs if t.data is not None and t.data.name == q6[0].data.name]
+    users = [u for u in pre.consumers()[w.id]]
+    assert users and any(u.src[1].ne[1] > 1 for u in users)  # read by a product of 8 columns in the prefill
+
+    def product(k: int, cols: int) -> Graph:
+        from ggc.ir.types import contiguous_strides, get_type
+
+        q6, f32 = get_type("q6_K"), get_type("f32")
+        wne, xne, yne = (k, 16, 1, 1), (k, cols, 1, 1), (16, cols, 1, 1)
+        w = Tensor(0, q6, wne, contiguous_strides(q6, wne), flags=frozenset({"weight"}), name="w",  # type: ignore[arg-type]
+                   data=GgufData("w"))
+        x = Tensor(1, f32, xne, contiguous_strides(f32, xne), flags=frozenset({"input"}), name="x")  # type: ignore[arg-type]
+        y = Tensor(2, f32, yne, contiguous_strides(f32, yne), op="MUL_MAT", src=[w, x], name="y",  # type: ignore[arg-type]
+                   flags=frozenset({"output"}))
+        return Graph([w, x, y], meta={"n_tokens": cols})
+
+    def layouts(*graphs: Graph) -> dict[str, str]:
+        return regrouped_weights(plan_program(list(graphs), False, CUDA_FUSION, None)[2])
+
+    assert layouts(product(2048, 1)) == layouts(product(4096, 1)) == {"w": "GGC_TYPE_Q6_KR8"}
+    assert layouts(product(2048, 2)) == layouts(product(768, 1)) == {}
+    assert layouts(product(2048, 8), product(2048, 1)) == {}  # a prefill of 8 columns and a decode share it
 
 
 def test_loader_regroups_q4_0(tmp_path: Path) -> None:
@@ -137,6 +175,30 @@ def test_loader_regroups_q4_0(tmp_path: Path) -> None:
     assert (out[:, 16:].reshape(-1, 8, 16) == groups[:, :, 2:]).all()
     # the CUDA harness's regrouping (kernel tests of GGC_TYPE_Q4_0R8) is the loader's
     assert regroup_q4_0(blocks.tobytes()) == bytes(buf)
+
+
+def test_loader_regroups_q6_k(tmp_path: Path) -> None:
+    """ggc_gguf.c's regroup_q6_k on random blocks: 8 ql, 8 qh, 8 scales, 8 d, each group; and the
+    CUDA harness's regrouping is the loader's."""
+    from ggc.backends.c.emit import RUNTIME_DIR
+
+    src = (RUNTIME_DIR / "ggc_gguf.c").read_text()
+    start = src.index("static void regroup_q6_k")
+    body = src[start:src.index("\n}\n", start) + 3]
+    (tmp_path / "r.c").write_text("#include <string.h>\n#include <stddef.h>\n"
+                                  + body.replace("static void", "void") + "\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", str(tmp_path / "r.c"), "-o", str(tmp_path / "r.so")],
+                   check=True)
+    lib = ctypes.CDLL(str(tmp_path / "r.so"))
+    blocks = np.random.default_rng(1).integers(0, 256, (2 * 16, 210), dtype=np.uint8)  # 2 rows of 4096
+    buf = bytearray(blocks.tobytes())
+    lib.regroup_q6_k((ctypes.c_char * len(buf)).from_buffer(buf), ctypes.c_size_t(len(buf)))
+    out = np.frombuffer(bytes(buf), np.uint8).reshape(-1, 1680)
+    groups = blocks.reshape(-1, 8, 210)
+    for at, (lo, hi) in zip((0, 1024, 1536, 1664), ((0, 128), (128, 192), (192, 208), (208, 210))):
+        n = hi - lo
+        assert (out[:, at : at + 8 * n].reshape(-1, 8, n) == groups[:, :, lo:hi]).all()
+    assert regroup_q6_k(blocks.tobytes()) == bytes(buf)
 
 
 def test_residual_add_joins_its_product(llama_q4_0: Graph) -> None:

@@ -203,6 +203,7 @@ def device_name() -> str:
 
 
 GGC_TYPE_Q4_0R8 = 32  # ggc.h: q4_0 regrouped by 8 blocks, a layout of GPU programs only
+GGC_TYPE_Q6_KR8 = 33  # ggc.h: q6_K regrouped by 8 blocks, for one-column products of GPU programs
 
 
 def regroup_q4_0(data: bytes) -> bytes:
@@ -215,6 +216,20 @@ def regroup_q4_0(data: bytes) -> bytes:
     return np.concatenate([g[:, :, :2].reshape(-1, 16), g[:, :, 2:].reshape(-1, 128)], axis=1).tobytes()
 
 
+def regroup_q6_k(data: bytes) -> bytes:
+    """q6_K blocks (210 bytes: ql[128], qh[64], scales[16], f16 d) regrouped as the GGUF loader does for
+    one-column products of GPU programs (ggc_gguf.c regroup_q6_k): each 8 blocks become their 8 ql,
+    then their 8 qh, 8 scales and 8 d. len(data) must be a multiple of 1680."""
+    if len(data) % 1680:
+        raise GgcError(f"q6_K regrouping needs whole groups of 8 blocks (1680 bytes), got {len(data)} bytes")
+    g = np.frombuffer(data, np.uint8).reshape(-1, 8, 210)
+    parts = [g[:, :, :128], g[:, :, 128:192], g[:, :, 192:208], g[:, :, 208:]]
+    return np.concatenate([x.reshape(len(g), -1) for x in parts], axis=1).tobytes()
+
+
+REGROUPED = {"q4_0": (256, regroup_q4_0, GGC_TYPE_Q4_0R8), "q6_K": (2048, regroup_q6_k, GGC_TYPE_Q6_KR8)}
+
+
 def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib: C.CDLL | None, n_kv: int,
             bench: tuple[int, int] | None, regroup: bool = False, work_out: C.Array | None = None
             ) -> tuple[bytes, float]:
@@ -224,14 +239,15 @@ def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib
     if fn is None:
         raise GgcError(f"{t.label()}: the CUDA backend has no kernel {name}")
     work = getattr(lib, work_name(t), None)
-    if regroup:  # src0 as a GPU program holds a q4_0 weight of whole 8-block groups a row
-        w = t.src[0]
-        if w.type.name != "q4_0" or w.ne[0] % 256 or w.nb[1] != w.type.row_size(w.ne[0]):
-            raise GgcError(f"{t.label()}: only contiguous q4_0 rows of whole 8-block groups are regrouped")
-        src_data = [regroup_q4_0(src_data[0][: w.nbytes]), *src_data[1:]]  # type: ignore[index]
+    w = t.src[0] if t.src else None
+    if regroup:  # src0 as a GPU program holds a q4_0 or q6_K weight of whole 8-block groups a row
+        if w is None or w.type.name not in REGROUPED or w.ne[0] % REGROUPED[w.type.name][0] \
+                or w.nb[1] != w.type.row_size(w.ne[0]):
+            raise GgcError(f"{t.label()}: only contiguous q4_0 or q6_K rows of whole 8-block groups are regrouped")
+        src_data = [REGROUPED[w.type.name][1](src_data[0][: w.nbytes]), *src_data[1:]]  # type: ignore[index]
     node, dst, bufs = host_node(t, src_data, dst_init)
-    if regroup:
-        node.src[0].type = GGC_TYPE_Q4_0R8
+    if regroup and w is not None:
+        node.src[0].type = REGROUPED[w.type.name][2]
     sizes = (C.c_size_t * MAX_SRC)(*[len(bufs[j]) if j in bufs else 0 for j in range(MAX_SRC)])
     err = C.create_string_buffer(512)
     fn_ptr = C.cast(fn, C.c_void_p)
@@ -255,7 +271,7 @@ def run_node(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None = N
     """Run the CUDA kernel for node t on these source bytes (each the span of its source from its
     first element); dst_init is what the destination memory held before (it matters for writes
     into views). n_kv: the KV cells attention reads (ctx.n_kv, as given: no rounding); 0 = all.
-    regroup: a q4_0 src0 goes in as GPU programs keep it (GGC_TYPE_Q4_0R8, regroup_q4_0).
+    regroup: a q4_0 or q6_K src0 goes in as GPU programs keep it (GGC_TYPE_Q4_0R8, GGC_TYPE_Q6_KR8).
     Returns the destination's bytes."""
     return _launch(t, src_data, dst_init, lib, n_kv, None, regroup)[0]
 

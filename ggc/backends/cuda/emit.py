@@ -296,21 +296,27 @@ def _act_reuse(p: Plan, uses_work: Callable[[str], bool]) -> set[int]:
     return out
 
 
-def regrouped_weights(plans: list[Plan]) -> set[str]:
-    """The q4_0 weights (GGUF names) that the program keeps regrouped by 8 blocks (GGC_TYPE_Q4_0R8, one
-    aligned 16-byte load per block's quants): those that only matrix products read, as their first
-    source, in every graph, with rows of whole 8-block groups."""
+def regrouped_weights(plans: list[Plan]) -> dict[str, str]:
+    """The weights (GGUF name -> the layout's enum) that the program keeps regrouped by 8 blocks, so
+    that a block's quants are aligned 16-byte loads: those that only matrix products read, as their
+    first source, in every graph, with rows of whole 8-block groups. q4_0 (GGC_TYPE_Q4_0R8: every
+    matrix kernel reads it); q6_K (GGC_TYPE_Q6_KR8: the one-column kernel alone reads it, so only
+    for products of one column, the output head at decode and at a prefill's last token)."""
     ok: dict[str, bool] = {}
+    layout: dict[str, str] = {}
     for p in plans:
         users = p.graph.consumers()
         for t in p.graph.leafs:
-            if "weight" not in t.flags or t.type.name != "q4_0" or t.data is None:
+            kind = t.type.name
+            if "weight" not in t.flags or kind not in ("q4_0", "q6_K") or t.data is None:
                 continue
-            good = (t.ne[0] % 256 == 0 and t.is_contiguous()
-                    and all(u.op == "MUL_MAT" and u.src[0] is t and u.src[1] is not t
-                            for u in users[t.id] if u.id in p.live))
+            mine = [u for u in users[t.id] if u.id in p.live]
+            good = (t.ne[0] % (256 if kind == "q4_0" else 2048) == 0 and t.is_contiguous()
+                    and all(u.op == "MUL_MAT" and u.src[0] is t and u.src[1] is not t for u in mine)
+                    and (kind == "q4_0" or all(u.src[1].ne[1:] == (1, 1, 1) for u in mine)))
             ok[t.data.name] = ok.get(t.data.name, True) and good
-    return {n for n, good in ok.items() if good}
+            layout[t.data.name] = "GGC_TYPE_Q4_0R8" if kind == "q4_0" else "GGC_TYPE_Q6_KR8"
+    return {n: layout[n] for n, good in ok.items() if good}
 
 
 def _const_weights(c: Call) -> list[str]:
@@ -413,18 +419,19 @@ def compile_cuda(graph: Graph | list[Graph], out: str | Path, *, name: str = "mo
                  archs: tuple[str, ...] = DEFAULT_ARCHS, reuse_existing: bool = False,
                  regroup_q4_0: bool = True) -> CompiledC:
     """compile_c's twin for CUDA: the same plan and tables, CUDA kernels and runtime. regroup_q4_0:
-    q4_0 weights that only matrix products read are loaded regrouped (see regrouped_weights)."""
+    q4_0 weights that only matrix products read, and q6_K ones that only one-column products read,
+    are loaded regrouped (see regrouped_weights)."""
     out = Path(out)
     graphs, names, plans = cuda_plans(graph, debug, fuse, graph_names)
     ranks = program_ranks(plans)
     if reuse_existing and out.is_dir():
         return CompiledC(out, plans, names)
     source = source or str(graphs[0].meta.get("model", "a .ggraph"))
-    regroup = regrouped_weights(plans) if regroup_q4_0 else set()
+    regroup = regrouped_weights(plans) if regroup_q4_0 else {}
 
     def type_name(t: Tensor) -> str:
         if t.is_leaf and t.data is not None and t.data.name in regroup:
-            return "GGC_TYPE_Q4_0R8"
+            return regroup[t.data.name]
         return c_type_name(t.type.name)
 
     abi = dataclasses.replace(CUDA_ABI, type_name=type_name)

@@ -45,7 +45,12 @@ typedef enum {
      * the 8 f16 scales (16 bytes) then the 8 blocks' 16 quant bytes each, 144 bytes a group, so that
      * every block's quants are one aligned 16-byte load. Same bytes a row as q4_0; the GGUF loader
      * makes it from q4_0 (ggc_gguf.c). */
-    GGC_TYPE_Q4_0R8 = 32
+    GGC_TYPE_Q4_0R8 = 32,
+    /* q6_K rows regrouped by 8 blocks (2048 elements, 1680 bytes a group), for one-column products
+     * only: the 8 blocks' ql (128 bytes each), then their qh (64), their scales (16), their f16 d
+     * (2), so that a 32-element sub-block's quants are 16-byte aligned loads. Same bytes a row as
+     * q6_K; the GGUF loader makes it from q6_K. */
+    GGC_TYPE_Q6_KR8 = 33
 } ggc_type;
 
 typedef struct {

@@ -149,7 +149,10 @@ static const char *TYPE_NAMES[GGC_TYPE_COUNT] = {
 };
 
 static const char *type_name(int t) {
-    return t >= 0 && t < GGC_TYPE_COUNT ? TYPE_NAMES[t] : t == GGC_TYPE_Q4_0R8 ? "q4_0 (regrouped by 8 blocks)" : "?";
+    return t >= 0 && t < GGC_TYPE_COUNT ? TYPE_NAMES[t]
+           : t == GGC_TYPE_Q4_0R8       ? "q4_0 (regrouped by 8 blocks)"
+           : t == GGC_TYPE_Q6_KR8       ? "q6_K (regrouped by 8 blocks)"
+                                        : "?";
 }
 
 /* q4_0 rows -> GGC_TYPE_Q4_0R8 in place: per group of 8 blocks {d, qs[16]} x 8 becomes d x 8, qs[16] x 8 */
@@ -161,6 +164,22 @@ static void regroup_q4_0(char *data, size_t nbytes) {
         for (int b = 0; b < 8; b++) {
             memcpy(data + g + 2 * b, tmp + BLK * b, 2);
             memcpy(data + g + 16 + 16 * b, tmp + BLK * b + 2, 16);
+        }
+    }
+}
+
+/* q6_K rows -> GGC_TYPE_Q6_KR8 in place: per group of 8 blocks {ql[128], qh[64], scales[16], d} x 8
+ * becomes ql x 8, qh x 8, scales x 8, d x 8 (1680 bytes either way) */
+static void regroup_q6_k(char *data, size_t nbytes) {
+    enum { BLK = 210, GROUP = 8 * BLK };
+    char tmp[GROUP];
+    for (size_t g = 0; g + GROUP <= nbytes; g += GROUP) {
+        memcpy(tmp, data + g, GROUP);
+        for (int b = 0; b < 8; b++) {
+            memcpy(data + g + 128 * b, tmp + BLK * b, 128);
+            memcpy(data + g + 1024 + 64 * b, tmp + BLK * b + 128, 64);
+            memcpy(data + g + 1536 + 16 * b, tmp + BLK * b + 192, 16);
+            memcpy(data + g + 1664 + 2 * b, tmp + BLK * b + 208, 2);
         }
     }
 }
@@ -263,7 +282,8 @@ static int load(reader *r, char *arena, int rank) {
             goto done;
         }
         int type = ggc_type_of_gguf(t->type);
-        const int regroup = w->type == GGC_TYPE_Q4_0R8 && type == GGC_TYPE_Q4_0;
+        const int regroup = (w->type == GGC_TYPE_Q4_0R8 && type == GGC_TYPE_Q4_0) ||
+                            (w->type == GGC_TYPE_Q6_KR8 && type == GGC_TYPE_Q6_K);
         if (type != (int)w->type && !regroup) {
             fail(r, "tensor '%s' has GGUF type %u (%s), the program expects %s", w->name, t->type,
                  type >= 0 ? TYPE_NAMES[type] : "unsupported", type_name(w->type));
@@ -312,7 +332,8 @@ static int load(reader *r, char *arena, int rank) {
                 goto done;
             }
         }
-        if (regroup) regroup_q4_0(arena + w->offset, w->nbytes);  /* whole rows of whole groups: the compiler's choice */
+        if (regroup) /* whole rows of whole groups: the compiler's choice */
+            (type == GGC_TYPE_Q4_0 ? regroup_q4_0 : regroup_q6_k)(arena + w->offset, w->nbytes);
     }
     rc = 0;
 done:

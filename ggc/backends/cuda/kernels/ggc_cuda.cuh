@@ -187,7 +187,7 @@ static __host__ __device__ constexpr int ggc_cuda_blck(ggc_type t) {
                    t == GGC_TYPE_Q8_0 || t == GGC_TYPE_Q8_1
                ? GGC_QK
            : t == GGC_TYPE_Q2_K || t == GGC_TYPE_Q3_K || t == GGC_TYPE_Q4_K || t == GGC_TYPE_Q5_K ||
-                   t == GGC_TYPE_Q6_K || t == GGC_TYPE_Q8_K
+                   t == GGC_TYPE_Q6_K || t == GGC_TYPE_Q6_KR8 || t == GGC_TYPE_Q8_K
                ? GGC_QK_K
                : 1;
 }
@@ -196,7 +196,7 @@ static __host__ __device__ constexpr int ggc_cuda_tsize(ggc_type t) {
          : t == GGC_TYPE_I16 ? 2 : t == GGC_TYPE_I32 ? 4 : t == GGC_TYPE_I64 ? 8 : t == GGC_TYPE_F64 ? 8
          : t == GGC_TYPE_Q4_0 || t == GGC_TYPE_Q4_0R8 ? 18 : t == GGC_TYPE_Q4_1 ? 20 : t == GGC_TYPE_Q5_0 ? 22 : t == GGC_TYPE_Q5_1 ? 24
          : t == GGC_TYPE_Q8_0 ? 34 : t == GGC_TYPE_Q8_1 ? 36 : t == GGC_TYPE_Q2_K ? 84 : t == GGC_TYPE_Q3_K ? 110
-         : t == GGC_TYPE_Q4_K ? 144 : t == GGC_TYPE_Q5_K ? 176 : t == GGC_TYPE_Q6_K ? 210 : t == GGC_TYPE_Q8_K ? 292
+         : t == GGC_TYPE_Q4_K ? 144 : t == GGC_TYPE_Q5_K ? 176 : t == GGC_TYPE_Q6_K || t == GGC_TYPE_Q6_KR8 ? 210 : t == GGC_TYPE_Q8_K ? 292
          : 0;
 }
 

@@ -1052,7 +1052,7 @@ mm_kernel pick_gemv1(ggc_type t, bool swiglu, int nt) {
     case T:                                                                                                  \
         if (nt == 64) return swiglu ? ggc_k_gemv1<T, 1, true, 64> : ggc_k_gemv1<T, GGC_GEMV1_ROWS, false, 64>; \
         return swiglu ? ggc_k_gemv1<T, 1, true> : ggc_k_gemv1<T, GGC_GEMV1_ROWS, false>;
-        GGC_MM_TYPES(X)
+        GGC_MM_TYPES(X) X(GGC_TYPE_Q6_KR8) /* q6_K regrouped: kept so for one-column products only */
 #undef X
     default: return nullptr;
     }
@@ -1297,6 +1297,8 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         launch_siblings(n, p, a, ctx);
         return;
     }
+    if (w->type == GGC_TYPE_Q6_KR8 && !(p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1))
+        GGC_UNSUPPORTED("MUL_MAT: q6_K regrouped weights (GGC_TYPE_Q6_KR8) are for one-column products only");
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     if (p == PATH_MMQ || p == PATH_MMQ4) {
         const mmq_plan pl = plan_mmq(n, p);
@@ -1312,7 +1314,8 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
         }
         return;
     }
-    if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 && (a.w2 || !staged_mmv())) { /* batch-1 decode */
+    if (p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1 &&
+        (a.w2 || !staged_mmv() || w->type == GGC_TYPE_Q6_KR8)) { /* batch-1 decode */
         const int nt = ggc_gemv1_threads(a.K);
         const mm_kernel k = pick_gemv1(w->type, a.w2 != nullptr, nt);
         const dim3 grid = gemv1_grid(k, nt, a, ggc_cuda_grid(a.N, gemv_rows_per_block(true, a.w2)), a.ne12 * a.ne13, ctx);

@@ -548,6 +548,32 @@ template <> struct ggc_q8dec<GGC_TYPE_Q6_K> {
     }
 };
 
+/* q6_K regrouped by 8 blocks (GGC_TYPE_Q6_KR8): in the group of block b (row + 1680 * (b / 8)), with
+ * e = b % 8, its ql at 128 e, qh at 1024 + 64 e, scales at 1536 + 16 e, d at 1664 + 2 e. Sub-block
+ * sub's 32 ql bytes and 32 qh bytes are two aligned 16-byte loads each; decoded as q6_K's are. */
+template <>
+__device__ __forceinline__ void ggc_q8dec_at<GGC_TYPE_Q6_KR8>(const uint8_t *row, int64_t sb, int q[8],
+                                                              float2 dm[2]) {
+    const int64_t b = sb >> 3;
+    const int sub = (int)(sb & 7), e = (int)(b & 7), h = sub >> 2, k4 = sub & 3, lsh = k4 < 2 ? 0 : 4;
+    const uint8_t *g = row + 1680 * (b >> 3);
+    const int4 *ql = (const int4 *)(g + 128 * e + 64 * h + 32 * (k4 & 1));
+    const int4 *qh = (const int4 *)(g + 1024 + 64 * e + 32 * h);
+    const int4 l0 = ql[0], l1 = ql[1], h0 = qh[0], h1 = qh[1];
+    const uint32_t lo[8] = {(uint32_t)l0.x, (uint32_t)l0.y, (uint32_t)l0.z, (uint32_t)l0.w,
+                            (uint32_t)l1.x, (uint32_t)l1.y, (uint32_t)l1.z, (uint32_t)l1.w};
+    const uint32_t hi[8] = {(uint32_t)h0.x, (uint32_t)h0.y, (uint32_t)h0.z, (uint32_t)h0.w,
+                            (uint32_t)h1.x, (uint32_t)h1.y, (uint32_t)h1.z, (uint32_t)h1.w};
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        q[k] = (int)(((lo[k] >> lsh) & 0x0F0F0F0Fu) | (((hi[k] >> (2 * k4)) & 0x03030303u) << 4)); /* q - 32 */
+    const float d = ggc_h2f((uint16_t)ggc_ld_u16(g + 1664 + 2 * e));
+    const uint16_t sc = (uint16_t)ggc_ld_u16(g + 1536 + 16 * e + 2 * sub);
+    const float s0 = d * (float)(int8_t)(sc & 0xFF), s1 = d * (float)(int8_t)(sc >> 8);
+    dm[0] = make_float2(s0, -32.0f * s0);
+    dm[1] = make_float2(s1, -32.0f * s1);
+}
+
 /* ---------------------------------------------------------------- activations for the integer path
  *
  * ggml-CPU quantizes a matrix product's activations to the weight type's vec_dot_type before its
@@ -565,7 +591,7 @@ enum ggc_actq { GGC_ACTQ_Q8_0, GGC_ACTQ_Q8_1, GGC_ACTQ_Q8_K };
 static __host__ __device__ constexpr ggc_actq ggc_actq_of(ggc_type t) {
     return t == GGC_TYPE_Q4_1 || t == GGC_TYPE_Q5_1 ? GGC_ACTQ_Q8_1
            : t == GGC_TYPE_Q2_K || t == GGC_TYPE_Q3_K || t == GGC_TYPE_Q4_K || t == GGC_TYPE_Q5_K ||
-                   t == GGC_TYPE_Q6_K
+                   t == GGC_TYPE_Q6_K || t == GGC_TYPE_Q6_KR8
                ? GGC_ACTQ_Q8_K
                : GGC_ACTQ_Q8_0;
 }
