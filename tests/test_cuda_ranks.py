@@ -135,6 +135,26 @@ def test_rank_env_reads_the_launchers_variables(monkeypatch: pytest.MonkeyPatch)
     assert rank_env() == (1, 2)
 
 
+@needs_build
+def test_cli_compiles_and_builds_for_two_gpus(tmp_path: Path) -> None:
+    g = tmp_path / "d.ggraph"
+    assert run_ggc("export", str(tiny_model("llama", "q4_0")), "--tokens", "1", "-o", str(g)).returncode == 0
+    r = run_ggc("compile", str(g), "--ranks", "2", "--partial-sums", "--target", "cuda", "-o", str(tmp_path / "p"),
+                "--build")
+    assert r.returncode == 0, r.stderr
+    assert "partitioned for 2 ranks" in r.stdout and "(NCCL)" in r.stdout and "all-reduces" in r.stdout
+    assert (tmp_path / "p" / "model").exists() and "ALL_REDUCE" in (tmp_path / "p" / "rank.ggraph").read_text()
+
+
+def test_verify_on_more_gpus_than_there_are_stops_first() -> None:
+    n = len(driver_devices())
+    r = run_ggc("verify", str(tiny_model("llama", "q4_0")), "--tokens", "1", "--ranks", str(n + 1), "--target", "cuda")
+    if find_nvcc() is None or not n:  # no GPU: the CUDA evaluator cannot run at all
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+    else:
+        assert r.returncode == 2 and f"need {n + 1} GPUs, one a rank; this machine has {n}" in r.stderr, r.stderr
+
+
 def test_ranks_need_c_or_cuda_in_verify() -> None:
     r = run_ggc("verify", str(tiny_model("llama", "q4_0")), "--tokens", "1", "--ranks", "2", "--target", "ggml")
     assert r.returncode == 2 and "--target c (MPI ranks) or cuda" in r.stderr and "Traceback" not in r.stderr

@@ -73,8 +73,10 @@ def eval_ranks(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[
     from ..compiler.partition import partition
     from ..formats import ggraph
     from ..runtime.cprogram import CProgram, build
-    from ..runtime.ranks import launch_ranks
+    from ..runtime.ranks import launch_ranks, require_gpus
 
+    if target == "cuda":
+        require_gpus(ranks)  # before compiling and running the 1-rank program
     compile_fn = _compiler(target)
     part = partition([graph], ranks, exact)[0]
     local = part.graph
