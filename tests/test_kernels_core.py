@@ -18,8 +18,11 @@ def test_type_enum_matches_header() -> None:
     names = [n.strip() for n in body.replace("\n", " ").split(",") if n.strip()]
     count = names.index("GGC_TYPE_COUNT")
     assert names[: count + 1] == ["GGC_TYPE_" + t.upper() for t in C_TYPES] + ["GGC_TYPE_COUNT"]
-    # after the count: layouts only generated GPU programs use, numbered apart from the GGUF types
-    assert names[count + 1 :] == ["GGC_TYPE_Q4_0R8 = 32"]
+    # after the count: layouts only generated GPU programs use, numbered apart from the GGUF types (the
+    # numbers the CUDA harness gives them: ggc/backends/cuda/abi.py)
+    from ggc.backends.cuda.abi import GGC_TYPE_Q4_0R8, GGC_TYPE_Q6_KR8
+
+    assert names[count + 1 :] == [f"GGC_TYPE_Q4_0R8 = {GGC_TYPE_Q4_0R8}", f"GGC_TYPE_Q6_KR8 = {GGC_TYPE_Q6_KR8}"]
 
 
 def test_fp16_and_bf16_conversions_match_numpy_and_ggml() -> None:
