@@ -152,18 +152,23 @@ def test_q6_k_regrouped_only_for_one_column_products_of_whole_groups() -> None:
     assert layouts(product(2048, 8), product(2048, 1)) == {}  # a prefill of 8 columns and a decode share it
 
 
-def test_loader_regroups_q4_0(tmp_path: Path) -> None:
-    """ggc_gguf.c's regroup_q4_0 on random blocks: 8 scales, then 8 x 16 quant bytes, each group."""
+def _loader_regrouping(tmp_path: Path) -> ctypes.CDLL:
+    """ggc_gguf.c's regrouping functions (regroup8, regroup_q4_0, regroup_q6_k), built alone."""
     from ggc.backends.c.emit import RUNTIME_DIR
 
     src = (RUNTIME_DIR / "ggc_gguf.c").read_text()
-    start = src.index("static void regroup_q4_0")
-    body = src[start:src.index("\n}\n", start) + 3]
+    start = src.index("static void regroup8")
+    end = src.index("\n}\n", src.index("static void regroup_q6_k")) + 3
     (tmp_path / "r.c").write_text("#include <string.h>\n#include <stddef.h>\n"
-                                  + body.replace("static void", "void") + "\n")
+                                  + src[start:end].replace("static void regroup_", "void regroup_") + "\n")
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", str(tmp_path / "r.c"), "-o", str(tmp_path / "r.so")],
                    check=True)
-    lib = ctypes.CDLL(str(tmp_path / "r.so"))
+    return ctypes.CDLL(str(tmp_path / "r.so"))
+
+
+def test_loader_regroups_q4_0(tmp_path: Path) -> None:
+    """ggc_gguf.c's regroup_q4_0 on random blocks: 8 scales, then 8 x 16 quant bytes, each group."""
+    lib = _loader_regrouping(tmp_path)
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 256, (3 * 16, 18), dtype=np.uint8)  # 3 rows of 16 blocks (512 elements)
     buf = bytearray(blocks.tobytes())
@@ -180,16 +185,7 @@ def test_loader_regroups_q4_0(tmp_path: Path) -> None:
 def test_loader_regroups_q6_k(tmp_path: Path) -> None:
     """ggc_gguf.c's regroup_q6_k on random blocks: 8 ql, 8 qh, 8 scales, 8 d, each group; and the
     CUDA harness's regrouping is the loader's."""
-    from ggc.backends.c.emit import RUNTIME_DIR
-
-    src = (RUNTIME_DIR / "ggc_gguf.c").read_text()
-    start = src.index("static void regroup_q6_k")
-    body = src[start:src.index("\n}\n", start) + 3]
-    (tmp_path / "r.c").write_text("#include <string.h>\n#include <stddef.h>\n"
-                                  + body.replace("static void", "void") + "\n")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", str(tmp_path / "r.c"), "-o", str(tmp_path / "r.so")],
-                   check=True)
-    lib = ctypes.CDLL(str(tmp_path / "r.so"))
+    lib = _loader_regrouping(tmp_path)
     blocks = np.random.default_rng(1).integers(0, 256, (2 * 16, 210), dtype=np.uint8)  # 2 rows of 4096
     buf = bytearray(blocks.tobytes())
     lib.regroup_q6_k((ctypes.c_char * len(buf)).from_buffer(buf), ctypes.c_size_t(len(buf)))

@@ -155,33 +155,30 @@ static const char *type_name(int t) {
                                         : "?";
 }
 
-/* q4_0 rows -> GGC_TYPE_Q4_0R8 in place: per group of 8 blocks {d, qs[16]} x 8 becomes d x 8, qs[16] x 8 */
-static void regroup_q4_0(char *data, size_t nbytes) {
-    enum { BLK = 18, GROUP = 8 * BLK };
-    char tmp[GROUP];
-    for (size_t g = 0; g + GROUP <= nbytes; g += GROUP) {
-        memcpy(tmp, data + g, GROUP);
-        for (int b = 0; b < 8; b++) {
-            memcpy(data + g + 2 * b, tmp + BLK * b, 2);
-            memcpy(data + g + 16 + 16 * b, tmp + BLK * b + 2, 16);
-        }
+/* Rows of blocks of `blk` bytes regrouped in place for GPU programs, by 8 blocks: each block splits
+ * into parts of the sizes given, and a group holds part 0 of its 8 blocks, then part 1 of the 8, ...
+ * (the same bytes, so that a block's quants are aligned wide loads) */
+static void regroup8(char *data, size_t nbytes, size_t blk, const size_t *parts, int n_parts) {
+    char tmp[8 * 256];
+    for (size_t g = 0; g + 8 * blk <= nbytes; g += 8 * blk) {
+        memcpy(tmp, data + g, 8 * blk);
+        size_t at = 0, in = 0;
+        for (int p = 0; p < n_parts; in += parts[p++])
+            for (int b = 0; b < 8; b++, at += parts[p]) memcpy(data + g + at, tmp + blk * b + in, parts[p]);
     }
 }
 
-/* q6_K rows -> GGC_TYPE_Q6_KR8 in place: per group of 8 blocks {ql[128], qh[64], scales[16], d} x 8
- * becomes ql x 8, qh x 8, scales x 8, d x 8 (1680 bytes either way) */
+/* q4_0 -> GGC_TYPE_Q4_0R8: {d, qs[16]} x 8 becomes d x 8, qs[16] x 8 (144 bytes a group) */
+static void regroup_q4_0(char *data, size_t nbytes) {
+    static const size_t parts[] = {2, 16};
+    regroup8(data, nbytes, 18, parts, 2);
+}
+
+/* q6_K -> GGC_TYPE_Q6_KR8: {ql[128], qh[64], scales[16], d} x 8 becomes ql x 8, qh x 8, scales x 8,
+ * d x 8 (1680 bytes a group) */
 static void regroup_q6_k(char *data, size_t nbytes) {
-    enum { BLK = 210, GROUP = 8 * BLK };
-    char tmp[GROUP];
-    for (size_t g = 0; g + GROUP <= nbytes; g += GROUP) {
-        memcpy(tmp, data + g, GROUP);
-        for (int b = 0; b < 8; b++) {
-            memcpy(data + g + 128 * b, tmp + BLK * b, 128);
-            memcpy(data + g + 1024 + 64 * b, tmp + BLK * b + 128, 64);
-            memcpy(data + g + 1536 + 16 * b, tmp + BLK * b + 192, 16);
-            memcpy(data + g + 1664 + 2 * b, tmp + BLK * b + 208, 2);
-        }
-    }
+    static const size_t parts[] = {128, 64, 16, 2};
+    regroup8(data, nbytes, 210, parts, 4);
 }
 
 /* the weights of every graph, each GGUF tensor once (graphs share them at the same offset) */
