@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.c.emit import CompiledC
 from ..compiler.passes import root
 from ..errors import GgcError
 from ..ir.graph import Graph, Tensor
 from .compare import NodeResult, nmse, threshold_of, to_float
-from .targets import Values, run_checked
+from .targets import Values, program_compiler, run_checked
 
 GLOBAL_GRAPH = "graph.ggraph"
 def _items(t: Tensor) -> tuple[tuple[int, ...], int]:
@@ -58,16 +57,6 @@ def part_value(cap: Tensor, data: bytes, lt: Tensor, split: int | None, rank: in
     return out.tobytes()
 
 
-def _compiler(target: str) -> Callable[..., CompiledC]:
-    if target == "cuda":
-        from ..backends.cuda.emit import compile_cuda
-
-        return compile_cuda
-    from ..backends.c.emit import compile_c
-
-    return compile_c
-
-
 def eval_ranks(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],
                ranks: int, exact: bool = True, target: str = "c") -> list[NodeResult]:
     from ..compiler.partition import partition
@@ -77,7 +66,7 @@ def eval_ranks(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[
 
     if target == "cuda":
         require_gpus(ranks)  # before compiling and running the 1-rank program
-    compile_fn = _compiler(target)
+    compile_fn = program_compiler(target)
     part = partition([graph], ranks, exact)[0]
     local = part.graph
     with tempfile.TemporaryDirectory(prefix="ggc-verify-ranks-") as tmp:
@@ -142,7 +131,7 @@ def _worker(work: Path, gguf: str, exact: bool, target: str) -> None:
     part = partition([graph], where[1], exact)[0]  # the same partition the parent compiled
     local, origin = part.graph, part.origin
     leafs, expected = pickle.loads((work / "reference.pkl").read_bytes())
-    compiled = _compiler(target)(local, work / "program", debug=True, reuse_existing=True)
+    compiled = program_compiler(target)(local, work / "program", debug=True, reuse_existing=True)
     with CProgram(compiled) as prog:
         r, ranks = prog.rank, part.ranks
 

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..backends.c.emit import CompiledC
 from ..compiler.passes import root
 from ..errors import GgcError
 from ..ir.graph import Graph, Tensor
@@ -69,21 +70,29 @@ def run_checked(prog, graph: Graph, leafs: dict[int, bytes],  # noqa: ANN001 - a
     return per_group, {t.id: prog.get(t) for t in graph.nodes if p.has_memory(t)}
 
 
+def program_compiler(target: str) -> Callable[..., CompiledC]:
+    """compile_c or compile_cuda (the same signature) for a generated-program target: "c" or "cuda"."""
+    if target == "cuda":
+        from ..backends.cuda.emit import compile_cuda
+
+        return compile_cuda
+    from ..backends.c.emit import compile_c
+
+    return compile_c
+
+
 def eval_c(graph: Graph, gguf: str, leafs: dict[int, bytes], expected: dict[int, bytes],
            workdir: str | Path | None = None, target: str = "c") -> list[NodeResult]:
     from ..runtime.cprogram import CProgram
 
-    handoffs: dict[int, int] = {}  # group -> the group before it whose own result it reads (CUDA)
-    if target == "cuda":
-        from ..backends.cuda.emit import compile_cuda as compile_fn
-        from ..backends.cuda.emit import handoffs as handoffs_of
-    else:
-        from ..backends.c.emit import compile_c as compile_fn
     with tempfile.TemporaryDirectory(prefix="ggc-verify-") as tmp:
         out = Path(workdir or tmp) / "program"
-        compiled = compile_fn(graph, out, debug=True, source=Path(gguf).name)
+        compiled = program_compiler(target)(graph, out, debug=True, source=Path(gguf).name)
         p = compiled.plan
+        handoffs: dict[int, int] = {}  # group -> the group before it whose own result it reads (CUDA)
         if target == "cuda":
+            from ..backends.cuda.emit import handoffs as handoffs_of
+
             handoffs = handoffs_of(p)
         with CProgram(compiled) as prog:
             prog.load_weights(gguf)

@@ -239,15 +239,16 @@ def _launch(t: Tensor, src_data: list[bytes | None], dst_init: bytes | None, lib
     if fn is None:
         raise GgcError(f"{t.label()}: the CUDA backend has no kernel {name}")
     work = getattr(lib, work_name(t), None)
-    w = t.src[0] if t.src else None
+    layout = None
     if regroup:  # src0 as a GPU program holds a q4_0 or q6_K weight of whole 8-block groups a row
-        if w is None or w.type.name not in REGROUPED or w.ne[0] % REGROUPED[w.type.name][0] \
-                or w.nb[1] != w.type.row_size(w.ne[0]):
+        w = t.src[0]
+        group, regroup_fn, layout = REGROUPED.get(w.type.name, (0, None, None))
+        if regroup_fn is None or w.ne[0] % group or w.nb[1] != w.type.row_size(w.ne[0]):
             raise GgcError(f"{t.label()}: only contiguous q4_0 or q6_K rows of whole 8-block groups are regrouped")
-        src_data = [REGROUPED[w.type.name][1](src_data[0][: w.nbytes]), *src_data[1:]]  # type: ignore[index]
+        src_data = [regroup_fn(src_data[0][: w.nbytes]), *src_data[1:]]  # type: ignore[index]
     node, dst, bufs = host_node(t, src_data, dst_init)
-    if regroup and w is not None:
-        node.src[0].type = REGROUPED[w.type.name][2]
+    if layout is not None:
+        node.src[0].type = layout
     sizes = (C.c_size_t * MAX_SRC)(*[len(bufs[j]) if j in bufs else 0 for j in range(MAX_SRC)])
     err = C.create_string_buffer(512)
     fn_ptr = C.cast(fn, C.c_void_p)
