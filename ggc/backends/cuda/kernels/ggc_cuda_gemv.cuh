@@ -90,8 +90,8 @@ static __global__ void __launch_bounds__(GGC_MMVQ_WARPS * 32) ggc_k_gemv(const g
 
 /* One column (batch-1 decode): a block of NT threads (4 warps, or 2 for rows of up to 2048 elements:
  * ggc_gemv1_threads) per group of ROWS weight rows, each thread one 32-element sub-block of each row at
- * a time (tid, tid + NT, ...), so a 4096-wide row is one load a thread; the activation sub-block is loaded once for the ROWS rows. The grid is at most what the
- * device holds at once (gemv1_grid) and each block takes every gridDim.x-th group, loading the next
+ * a time (tid, tid + NT, ...), so a 4096-wide row is one load a thread; the activation sub-block is
+ * loaded once for the ROWS rows. The grid is at most what the device holds at once (gemv1_grid) and each block takes every gridDim.x-th group, loading the next
  * item's weights before it dots the current one. ncu on an H100 showed the warp-per-row kernel above
  * latency-bound here (80 registers, 1.3 waves, ~20 cycles between a warp's instructions, 25% of DRAM
  * bandwidth), and the one-group-a-block form of this one, whose every block waited one DRAM round

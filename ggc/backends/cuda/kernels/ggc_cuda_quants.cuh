@@ -529,22 +529,33 @@ template <> struct ggc_q8dec<GGC_TYPE_Q5_K> {
         dm[0] = dm[1] = make_float2(d * (float)sc, -dmin * (float)m);
     }
 };
+/* q6_K sub-block sub (32 elements) from its 8 ql words, 8 qh words, the block's d and the sub-block's
+ * two scales (one a 16-element half), wherever the format keeps them: quants 0..63 (the value is
+ * q - 32), so each half's scale s comes with the min term -32 s */
+static __device__ __forceinline__ void ggc_q6k_sub(const uint32_t ql[8], const uint32_t qh[8], int sub, float d,
+                                                   const int8_t sc[2], int q[8], float2 dm[2]) {
+    const int k4 = sub & 3, lsh = k4 < 2 ? 0 : 4;
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        q[k] = (int)(((ql[k] >> lsh) & 0x0F0F0F0Fu) | (((qh[k] >> (2 * k4)) & 0x03030303u) << 4));
+#pragma unroll
+    for (int g = 0; g < 2; g++) {
+        const float s = d * (float)sc[g];
+        dm[g] = make_float2(s, -32.0f * s);
+    }
+}
 template <> struct ggc_q8dec<GGC_TYPE_Q6_K> {
     static __device__ __forceinline__ void dec(const uint8_t *b, int sub, int q[8], float2 dm[2]) {
-        const int h = sub >> 2, k4 = sub & 3, lsh = k4 < 2 ? 0 : 4;
-        const float d = ggc_h2f((uint16_t)ggc_ld_u16(b + 208));
+        const int h = sub >> 2, k4 = sub & 3;
         const uint8_t *ql = b + 64 * h + 32 * (k4 & 1), *qh = b + 128 + 32 * h;
+        uint32_t lo[8], hi[8];
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            const uint32_t lo = (ggc_ld_u32_a2(ql + 4 * k) >> lsh) & 0x0F0F0F0Fu;
-            const uint32_t hi = (ggc_ld_u32_a2(qh + 4 * k) >> (2 * k4)) & 0x03030303u;
-            q[k] = (int)(lo | (hi << 4)); /* 0..63; the value is q - 32 */
+            lo[k] = ggc_ld_u32_a2(ql + 4 * k);
+            hi[k] = ggc_ld_u32_a2(qh + 4 * k);
         }
-#pragma unroll
-        for (int g = 0; g < 2; g++) {
-            const float s = d * (float)(int8_t)b[192 + 2 * sub + g];
-            dm[g] = make_float2(s, -32.0f * s);
-        }
+        const int8_t sc[2] = {(int8_t)b[192 + 2 * sub], (int8_t)b[193 + 2 * sub]};
+        ggc_q6k_sub(lo, hi, sub, ggc_h2f((uint16_t)ggc_ld_u16(b + 208)), sc, q, dm);
     }
 };
 
@@ -555,7 +566,7 @@ template <>
 __device__ __forceinline__ void ggc_q8dec_at<GGC_TYPE_Q6_KR8>(const uint8_t *row, int64_t sb, int q[8],
                                                               float2 dm[2]) {
     const int64_t b = sb >> 3;
-    const int sub = (int)(sb & 7), e = (int)(b & 7), h = sub >> 2, k4 = sub & 3, lsh = k4 < 2 ? 0 : 4;
+    const int sub = (int)(sb & 7), e = (int)(b & 7), h = sub >> 2, k4 = sub & 3;
     const uint8_t *g = row + 1680 * (b >> 3);
     const int4 *ql = (const int4 *)(g + 128 * e + 64 * h + 32 * (k4 & 1));
     const int4 *qh = (const int4 *)(g + 1024 + 64 * e + 32 * h);
@@ -564,14 +575,9 @@ __device__ __forceinline__ void ggc_q8dec_at<GGC_TYPE_Q6_KR8>(const uint8_t *row
                             (uint32_t)l1.x, (uint32_t)l1.y, (uint32_t)l1.z, (uint32_t)l1.w};
     const uint32_t hi[8] = {(uint32_t)h0.x, (uint32_t)h0.y, (uint32_t)h0.z, (uint32_t)h0.w,
                             (uint32_t)h1.x, (uint32_t)h1.y, (uint32_t)h1.z, (uint32_t)h1.w};
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-        q[k] = (int)(((lo[k] >> lsh) & 0x0F0F0F0Fu) | (((hi[k] >> (2 * k4)) & 0x03030303u) << 4)); /* q - 32 */
-    const float d = ggc_h2f((uint16_t)ggc_ld_u16(g + 1664 + 2 * e));
     const uint16_t sc = (uint16_t)ggc_ld_u16(g + 1536 + 16 * e + 2 * sub);
-    const float s0 = d * (float)(int8_t)(sc & 0xFF), s1 = d * (float)(int8_t)(sc >> 8);
-    dm[0] = make_float2(s0, -32.0f * s0);
-    dm[1] = make_float2(s1, -32.0f * s1);
+    const int8_t scs[2] = {(int8_t)(sc & 0xFF), (int8_t)(sc >> 8)};
+    ggc_q6k_sub(lo, hi, sub, ggc_h2f((uint16_t)ggc_ld_u16(g + 1664 + 2 * e)), scs, q, dm);
 }
 
 /* ---------------------------------------------------------------- activations for the integer path
