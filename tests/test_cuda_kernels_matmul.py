@@ -271,3 +271,23 @@ def test_one_column_product_in_128_thread_blocks(t: str, monkeypatch: pytest.Mon
     128-thread block (a thread of two without an item), which must match ggml as well"""
     monkeypatch.setenv("GGC_GEMV1_NT", "128")
     assert_ok(_mul_mat(t, 1), OPS, regroup=t == "q4_0")
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0", "q4_k_m"])
+def test_q_k_v_launch_stores_q_and_k_roped(quant: str) -> None:
+    """Llama's decode step with Q's and K's ROPE in the Q/K/V launch (rope_epilogues: the one-column
+    kernels rotate each row pair as they store it, K into its cache rows): every group of the generated
+    program within ggml's limits, the fused group included (ggc_k_gemv1: q8_0, the regrouped q4_0, and
+    q4_K with q6_K)."""
+    from ggc.backends.cuda.emit import CUDA_FUSION
+    from ggc.compiler.passes import live_nodes, make_groups
+    from ggc.models.quantize import tiny_model
+    from ggc.oracle.verify import verify_model
+    from tests.cuda_check import require_gpu
+
+    require_gpu()
+    res = verify_model(tiny_model("llama", quant), 1, target="cuda")
+    groups = make_groups(res.graph, live_nodes(res.graph), CUDA_FUSION)
+    assert any(g.nodes[0].op == "MUL_MAT" and "ROPE" in [t.op for t in g.nodes] for g in groups)
+    bad = [(r.tensor.label(), r.nmse) for r in res.results if not r.ok]
+    assert not bad, bad

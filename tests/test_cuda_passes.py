@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ggc.backends.c.abi import op_param_words
 from ggc.backends.c.emit import C_FUSION, plan_program
 from ggc.backends.cuda.abi import regroup_q4_0, regroup_q6_k
 from ggc.backends.cuda.emit import (
@@ -252,7 +253,7 @@ def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
     from ggc.backends.cuda.emit import _library_call
 
     g = llama_q4_0
-    groups = make_groups(g, live_nodes(g), CUDA_FUSION)
+    groups = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, rope_epilogues=False))
     sib = [grp for grp in groups if len(grp.nodes) > 1 and grp.nodes[0].op == "MUL_MAT"
            and all(t.op == "MUL_MAT" for t in grp.nodes[1:-1]) and grp.nodes[-1].op in ("MUL_MAT", "SET_ROWS")]
     n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
@@ -266,7 +267,7 @@ def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
         assert grp.outputs == [products[0], products[2], store]
         call = _library_call(grp)
         assert call is not None and call.dst is products[0]
-        assert call.srcs[4:] == [v.src[0], store, products[2].src[0], products[2], None, store.src[1]]
+        assert call.srcs[4:] == [v.src[0], store, products[2].src[0], products[2], store.src[1], None]
     # the later products moved up to the first, ahead of Q's ROPE; every reader still follows its writer
     order = {t.id: grp.id for grp in groups for t in grp.nodes}
     for grp in groups:
@@ -281,7 +282,7 @@ def test_q_k_v_run_as_siblings(llama_q4_0: Graph) -> None:
     assert not any(len(grp.nodes) > 1 and all(t.op == "MUL_MAT" for t in grp.nodes[:2]) and grp.nodes[-1].op != "GLU"
                    for grp in make_groups(pre, live_nodes(pre), CUDA_FUSION))
     # without sibling stores the launch is the three products and V's SET_ROWS stays a group of its own
-    plain = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, sibling_stores=False))
+    plain = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, sibling_stores=False, rope_epilogues=False))
     assert sum(1 for grp in plain if [t.op for t in grp.nodes] == ["MUL_MAT"] * 3) == n_layers
     assert sum(1 for grp in plain if [t.op for t in grp.nodes] == ["SET_ROWS"]) == n_layers
 
@@ -290,7 +291,7 @@ def test_rope_stores_k_into_its_cache_rows(llama_q4_0: Graph) -> None:
     from ggc.backends.cuda.emit import _library_call
 
     g = llama_q4_0
-    groups = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, twins=frozenset()))
+    groups = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, twins=frozenset(), rope_epilogues=False))
     stores = [grp for grp in groups if [t.op for t in grp.nodes] == ["ROPE", "SET_ROWS"]]
     n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
     assert len(stores) == n_layers  # K's ROPE in every layer; Q's ROPE is read by attention, not stored
@@ -329,7 +330,8 @@ def test_q_and_k_ropes_run_as_twins(llama_q4_0: Graph) -> None:
 
     g = llama_q4_0
     n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
-    twins = [grp for grp in make_groups(g, live_nodes(g), CUDA_FUSION) if grp.nodes[0].op == "ROPE"]
+    apart = dataclasses.replace(CUDA_FUSION, rope_epilogues=False)
+    twins = [grp for grp in make_groups(g, live_nodes(g), apart) if grp.nodes[0].op == "ROPE"]
     assert len(twins) == n_layers
     for grp in twins:
         q, k, store = grp.nodes
@@ -355,6 +357,60 @@ def test_q_and_k_ropes_run_as_twins(llama_q4_0: Graph) -> None:
     assert ["ROPE", "ROPE"] in ropes(10000.0, False)
     assert ["ROPE", "ROPE"] not in ropes(500000.0, False)  # other parameters
     assert ["ROPE", "ROPE"] not in ropes(10000.0, True)  # the second reads the first
+
+
+def test_q_and_k_ropes_join_the_q_k_v_launch(llama_q4_0: Graph) -> None:
+    """Llama's ROPEs rotate adjacent pairs: the Q/K/V launch of quantized weights stores Q and K roped (K
+    into its cache rows) and the ROPE launch goes; NEOX pairs (half a head apart), rotated rows with
+    another reader and float weights stay apart."""
+    from ggc.backends.cuda.emit import _library_call
+    from ggc.capture.builder import GraphBuilder
+
+    g = llama_q4_0
+    n_layers = sum(1 for t in g.nodes if t.op == "FLASH_ATTN_EXT")
+    groups = make_groups(g, live_nodes(g), CUDA_FUSION)
+    apart = make_groups(g, live_nodes(g), dataclasses.replace(CUDA_FUSION, rope_epilogues=False))
+    assert len(groups) == len(apart) - n_layers
+    joined = [grp for grp in groups if grp.nodes[0].op == "MUL_MAT" and "ROPE" in [t.op for t in grp.nodes]]
+    assert len(joined) == n_layers
+    for grp in joined:
+        q, v, k, store_v, rope_q, rope_k, store_k = grp.nodes
+        assert [t.op for t in grp.nodes] == ["MUL_MAT"] * 3 + ["SET_ROWS", "ROPE", "ROPE", "SET_ROWS"]
+        names = [q.name[:4], v.name[:4], k.name[:4], rope_q.name[:4], rope_k.name[:4]]
+        assert names == ["Qcur", "Vcur", "Kcur", "Qcur", "Kcur"]
+        # roped Q for attention; V and the roped K only in their cache rows (results: they outlive the run)
+        assert grp.outputs == [store_v, rope_q, store_k]
+        call = _library_call(grp)
+        assert call is not None and call.op is q and call.dst is rope_q
+        assert call.srcs == [q.src[0], q.src[1], rope_q.src[1], None, v.src[0], store_v, k.src[0], store_k,
+                             store_v.src[1], store_k.src[1]]
+        assert call.words is not None and call.words[0] == 0b101  # products 0 (Q) and 2 (K) rotate
+        assert call.words[1:] == op_param_words(rope_q)[1:]
+    # NEOX models rotate pairs half a head apart: their ROPEs keep their own launches
+    moe = _decode_graph("qwen3moe", "q4_0")
+    assert not any(grp.nodes[0].op == "MUL_MAT" and "ROPE" in [t.op for t in grp.nodes]
+                   for grp in make_groups(moe, live_nodes(moe), CUDA_FUSION))
+
+    def qk(mode: int, q_read: bool, wtype: str = "q8_0") -> list[list[str]]:
+        from tests.test_builder import weight
+
+        with GraphBuilder() as b:
+            x = b.tensor("f32", (64, 1), "x", input=True)
+            pos = b.tensor("i32", (1,), "pos", input=True)
+            q = b.op("mul_mat", weight(b, wtype, 64, 32, "wq"), x)
+            k = b.op("mul_mat", weight(b, wtype, 64, 16, "wk"), x)
+            rq = b.op("rope_ext", b.op("reshape_3d", q, 16, 2, 1), pos, None, 16, mode, 64, 10000.0, 1.0, 0.0, 1.0,
+                      0.0, 0.0)
+            rk = b.op("rope_ext", b.op("reshape_3d", k, 16, 1, 1), pos, None, 16, mode, 64, 10000.0, 1.0, 0.0, 1.0,
+                      0.0, 0.0)
+            out = b.op("mul_mat", rk, rq)  # both ROPEs before their reader, as twins
+            g = b.capture(b.op("add", b.op("sum", out), b.op("sum", q)) if q_read else out)
+        return [[t.op for t in grp.nodes] for grp in make_groups(g, live_nodes(g), CUDA_FUSION)]
+
+    assert qk(0, False) == [["MUL_MAT", "MUL_MAT", "ROPE", "ROPE"], ["MUL_MAT"]]
+    assert qk(2, False)[:2] == [["MUL_MAT", "MUL_MAT"], ["ROPE", "ROPE"]]  # NEOX
+    assert ["ROPE", "ROPE"] in qk(0, True)  # Q's product has another reader
+    assert qk(0, False, "f16")[:2] == [["MUL_MAT", "MUL_MAT"], ["ROPE", "ROPE"]]  # float weights
 
 
 def test_embedding_stays_in_host_memory(llama_q4_0: Graph) -> None:

@@ -39,6 +39,10 @@ ROW_STORES = frozenset({"ROPE"})
 # (Q's and K's ROPE: positions, frequency factors) may run as one launch over both inputs.
 TWINS = frozenset({"ROPE"})
 MAX_SIBLINGS = 3
+# ROPE modes whose rotated pairs are adjacent elements (ggml's normal mode): the two rows of a pair are
+# neighbouring rows of the product before it, so a product kernel that finishes rows two at a time can
+# rotate them as it stores them (NEOX pairs rows half a head apart)
+ADJACENT_PAIR_ROPE_MODES = frozenset({0})
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,9 @@ class Fusion:
     whose kernel `stores` its rows into the cache rows of the SET_ROWS that alone reads them;
     `sibling_stores`: one product of a sibling launch (not the first) may store its result that way
     too (V into its cache); `twins`: two consecutive nodes of one of these ops that differ in their
-    first source only run as one launch (the second may then store its rows, as above)."""
+    first source only run as one launch (the second may then store its rows, as above);
+    `rope_epilogues`: the ROPEs (and the SET_ROWS storing one) right after a sibling launch join it when
+    they rotate its products' rows in adjacent pairs (_rope_epilogue_ok): Q and K are stored roped."""
 
     elementwise: frozenset[str] = ELEMENTWISE
     heads: frozenset[str] = frozenset()
@@ -60,6 +66,7 @@ class Fusion:
     stores: frozenset[str] = frozenset()
     sibling_stores: bool = False
     twins: frozenset[str] = frozenset()
+    rope_epilogues: bool = False
 
 
 ELEMENTWISE_FUSION = Fusion()  # elementwise chains only: the default
@@ -175,12 +182,78 @@ def make_groups(graph: Graph, live: set[int], fusion: Fusion = ELEMENTWISE_FUSIO
             continue
         current = Group(len(groups), [t])
         groups.append(current)
+    if fusion.rope_epilogues:
+        groups = _join_rope_epilogues(groups, users, outputs)
     for g in groups:
         inside = {t.id for t in g.nodes}
+        # a node writing into a leaf's memory (SET_ROWS into the KV cache) is a result even where no
+        # node reads it: the state outlives the run
         g.outputs = [t for t in g.nodes if t is g.nodes[-1] or t.id in outputs
+                     or (t.view_src is not None and t.view_src.is_leaf)
                      or any(u.id in outputs if u.op in PURE_VIEWS else u.id not in inside
                             for u in _readers(t, users, graph))]
     return groups
+
+
+def _join_rope_epilogues(groups: list[Group], users: dict[int, list[Tensor]], outputs: set[int]) -> list[Group]:
+    """A ROPE group (one ROPE or twins, and the SET_ROWS that may store the last) right after a sibling
+    launch joins it when every ROPE rotates one of its products (_rope_epilogue_ok) and a stored one is
+    not the first product (whose result is the call's own). Nothing runs between the two groups and the
+    ROPEs read nothing else but leafs, so the launch may store the roped rows itself."""
+    out: list[Group] = []
+    for grp in groups:
+        prev = out[-1] if out else None
+        products = [t for t in prev.nodes if t.op == "MUL_MAT"] if prev is not None else []
+        ropes = [t for t in grp.nodes if t.op == "ROPE"]
+        store = grp.nodes[-1] if grp.nodes[-1].op == "SET_ROWS" else None
+        rotated = [rotated_product(products, r) for r in ropes]
+        if (prev is not None and len(products) > 1 and prev.nodes[:len(products)] == products and ropes
+                and all(t.op == "SET_ROWS" for t in prev.nodes[len(products):])
+                and grp.nodes[:len(ropes)] == ropes and len(grp.nodes) == len(ropes) + (store is not None)
+                and all(_rope_epilogue_ok(products, r, users, outputs) for r in ropes)
+                and len({id(x) for x in rotated}) == len(ropes)
+                and (store is None or (store.type.name in ("f16", "bf16") and rotated[-1] is not products[0]))):
+            prev.nodes += grp.nodes
+            continue
+        out.append(grp)
+    for i, grp in enumerate(out):
+        grp.id = i
+    return out
+
+
+def rotated_product(products: list[Tensor], rope: Tensor) -> Tensor | None:
+    """The product whose result the ROPE reads, as a whole, through reshapes only (or None)."""
+    x = rope.src[0]
+    while x is not None and x.op == "RESHAPE" and x.view_src is not None:
+        x = x.src[0]
+    return x if any(x is p for p in products) else None
+
+
+def _rope_epilogue_ok(products: list[Tensor], rope: Tensor, users: dict[int, list[Tensor]],
+                      outputs: set[int]) -> bool:
+    """A ROPE that a product kernel finishing rows in pairs can apply as it stores: it rotates all of one
+    sibling product's rows (read by nothing else) in adjacent pairs (ADJACENT_PAIR_ROPE_MODES), every
+    channel of a head, for one token, with positions and frequency factors that are leafs (ready before
+    the launch); f32 in and out, contiguous; quantized weights (float ones measured slower fused: the
+    one-column float kernel's lane 0 stores its rows one after the other, and the rotation lengthened
+    that tail more than the ROPE launch cost)."""
+    p = rotated_product(products, rope)
+    if p is None or p.id in outputs or len(users[p.id]) != 1:
+        return False
+    x = rope.src[0]
+    while x is not p:  # each reshape read by the next alone
+        if x.id in outputs or len(users[x.id]) != 1 or not x.is_contiguous() or x.view_offs != 0:
+            return False
+        x = x.src[0]
+    pos = rope.src[1] if len(rope.src) > 1 else None
+    ff = rope.src[2] if len(rope.src) > 2 else None
+    pr = rope.params
+    return (p.src[0] is not None and p.src[0].type.blck_size > 1
+            and int(pr.get("mode", 0)) in ADJACENT_PAIR_ROPE_MODES and int(pr.get("n_dims", 0)) == rope.ne[0]
+            and rope.ne[0] % 2 == 0 and rope.ne[2:] == (1, 1) and rope.nelements == p.nelements
+            and rope.type.name == "f32" and p.type.name == "f32" and rope.is_contiguous() and rope.view_src is None
+            and pos is not None and pos.is_leaf and pos.type.name == "i32" and pos.nelements == 1
+            and (ff is None or (ff.is_leaf and ff.type.name == "f32")))
 
 
 def _siblings(seq: list[Tensor], i: int, excluded: set[int], ops: frozenset[str]) -> list[int]:

@@ -82,11 +82,13 @@ def has_symbol(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Call:
-    """One library kernel call: op's kernel and op_params, writing dst from srcs."""
+    """One library kernel call: op's kernel and op_params (or the op_params words `words`), writing dst
+    from srcs."""
 
     op: Tensor
     dst: Tensor
     srcs: list[Tensor | None]
+    words: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ def emit_graph(p: Plan, gi: int, abi: KernelABI = C_ABI) -> tuple[list[str], dic
             raise GgcError(f"{t.label()}: the {'C' if abi is C_ABI else 'CUDA'} backend has no kernel for "
                            f"{t.op_label()}")
         srcs = [tindex[s.id] if s is not None else -1 for s in c.srcs] + [-1] * (10 - len(c.srcs))
-        words = ", ".join(str(prm.i32_from_word(w)) for w in op_param_words(t))
+        words = ", ".join(str(prm.i32_from_word(w)) for w in (c.words if c.words is not None else op_param_words(t)))
         note = f"{t.label()} {t.op}" + (f" -> {c.dst.label()}" if c.dst is not t else "")
         lines.append(f"    /* {note} */ {{{tindex[c.dst.id]}, {{{', '.join(map(str, srcs))}}}, {{{words}}}}},")
     if not calls:

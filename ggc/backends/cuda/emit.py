@@ -28,11 +28,12 @@ from ...compiler.passes import (
     Fusion,
     Group,
     root,
+    rotated_product,
 )
 from ...errors import GgcError
 from ...ir.graph import Graph, Tensor
 from ..c.abi import KERNEL_DIR as C_KERNEL_DIR
-from ..c.abi import c_type_name
+from ..c.abi import c_type_name, op_param_words
 from ..c.emit import (
     FUSABLE,
     FUSED_EXPR,
@@ -58,10 +59,11 @@ DEFAULT_ARCHS = ("80", "86", "89", "90")
 # GPU against ggml: no tiny model has a NORM); products storing through a residual ADD, gate/up
 # products with their SWIGLU, and the matrix-vector products of one input (Q, K, V), each as one call
 # of the matrix-product kernel, one of which may store V straight into its cache rows; ROPE storing K
-# straight into its cache rows, and Q's and K's ROPE (twins) as one launch, each a ROPE call (_library_call)
+# straight into its cache rows, and Q's and K's ROPE (twins) as one launch, each a ROPE call (_library_call);
+# and those ROPEs inside the Q/K/V launch when they rotate adjacent pairs (rope_epilogues)
 CUDA_FUSION = Fusion(elementwise=FUSABLE, heads=ROW_HEADS & frozenset({"RMS_NORM"}), epilogues=ADD_EPILOGUES,
                      glu_pairs=GLU_PAIRS, siblings=SIBLING_PRODUCTS, stores=ROW_STORES, sibling_stores=True,
-                     twins=TWINS)
+                     twins=TWINS, rope_epilogues=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -219,8 +221,7 @@ def _library_call(grp: Group) -> Call | None:
     - two matrix-vector products then the SWIGLU of them: the second weight is src[3], the kernel
       reads the shared input once and stores silu(first) * second;
     - matrix-vector products of one input: the others' weights and results are src[4], src[5] and
-      src[6], src[7]; one launch covers the rows of all. A product whose SET_ROWS joined the group
-      has that SET_ROWS (the cache rows) as its result, and the indices are src[9]."""
+      src[6], src[7]; one launch covers the rows of all (_sibling_call)."""
     if grp.nodes[0].op in CUDA_FUSION.stores:
         rope, *rest = grp.nodes
         srcs = [rope.src[0], rope.src[1], rope.src[2] if len(rope.src) > 2 else None]
@@ -231,22 +232,51 @@ def _library_call(grp: Group) -> Call | None:
                                         store.src[1] if store is not None else None])
     if grp.nodes[0].op not in CUDA_FUSION.epilogues | CUDA_FUSION.siblings:
         return None
-    if all(t.op == "MUL_MAT" for t in grp.nodes[:-1]) and grp.nodes[-1].op in ("MUL_MAT", "SET_ROWS"):
-        first, *rest = [t for t in grp.nodes if t.op == "MUL_MAT"]
-        store = grp.nodes[-1] if grp.nodes[-1].op == "SET_ROWS" else None
-        stored = root(store.src[0]) if store is not None else None  # the product it stores
-        srcs = [first.src[0], first.src[1], None, None]
-        for t in rest:
-            srcs += [t.src[0], store if t is stored else t]
-        if store is not None:
-            srcs += [None] * (9 - len(srcs)) + [store.src[1]]
-        return Call(first, first, srcs)
+    products = [t for t in grp.nodes if t.op == "MUL_MAT"]
+    if (len(products) > 1 and grp.nodes[:len(products)] == products
+            and all(t.op in ("SET_ROWS", "ROPE") for t in grp.nodes[len(products):])):
+        return _sibling_call(products, grp.nodes[len(products):])
     if len(grp.nodes) == 3:
         a, b, glu = grp.nodes
         return Call(a, glu, [a.src[0], a.src[1], None, b.src[0]])
     mm, add = grp.nodes
     other = add.src[1] if add.src[0] is mm else add.src[0]
     return Call(mm, add, [mm.src[0], mm.src[1], other])
+
+
+def _sibling_call(products: list[Tensor], rest: list[Tensor]) -> Call:
+    """A sibling launch: products[0]'s weight and input are src[0], src[1], the others' weights and
+    results src[4], src[5] and src[6], src[7]. A product's result is what the group finally writes of it:
+    its ROPE's (joined by rope_epilogues), or the SET_ROWS that stores it (or its ROPE) into cache rows,
+    whose indices are then src[8] (the second product's) or src[9] (the third's). With ROPEs, src[2] and
+    src[3] are their positions and frequency factors (the ROPEs share them, as twins do), the op_params
+    theirs, and word 0 (ROPE's unused n_past) says which products they rotate, a bit each."""
+    result = {t.id: t for t in products}
+    index: dict[int, Tensor] = {}
+    roped = 0
+    ropes = [t for t in rest if t.op == "ROPE"]
+    for r in ropes:
+        x = rotated_product(products, r)
+        assert x is not None, r.label()
+        result[x.id] = r
+        roped |= 1 << products.index(x)
+    for s in (t for t in rest if t.op == "SET_ROWS"):
+        x = root(s.src[0])
+        x = x if x.op == "MUL_MAT" else rotated_product(products, x)
+        assert x is not None, s.label()
+        result[x.id], index[x.id] = s, s.src[1]
+    first = products[0]
+    rope = ropes[0] if ropes else None
+    srcs: list[Tensor | None] = [first.src[0], first.src[1], rope.src[1] if rope else None,
+                                 rope.src[2] if rope and len(rope.src) > 2 else None]
+    for t in products[1:]:
+        srcs += [t.src[0], result[t.id]]
+    srcs += [None] * (8 - len(srcs)) + [index.get(t.id) for t in products[1:]]
+    words = None
+    if rope is not None:
+        words = op_param_words(rope)
+        words[0] = roped
+    return Call(first, result[first.id], srcs, words)
 
 
 def _fused_group_cuda(p: Plan, grp: Group, gi: int) -> list[str]:

@@ -188,6 +188,13 @@ static __global__ void __launch_bounds__(NT) ggc_k_gemv1(const ggc_mm_args a) {
                     if (SWIGLU) u += rd[ROWS + tid][w];
                 }
                 if (SWIGLU) v = v / (1.0f + expf(-v)) * u;
+                if constexpr (!SWIGLU && ROWS % 2 == 0) {
+                    if (ggc_mm_roped(a, seg)) { /* the pair partner's sum, in the order of its own thread */
+#pragma unroll
+                        for (int w = 0; w < NW; w++) u += rd[tid ^ 1][w];
+                        v = ggc_mm_rope_row(n0 + tid, v, u, ggc_mm_rope_cs(a, n0 + tid));
+                    }
+                }
                 const int cache = ggc_mm_segment_cache(a, seg, dst);
                 ggc_mm_store_row(a, dst, cache, doff, n0 + tid, v);
             }

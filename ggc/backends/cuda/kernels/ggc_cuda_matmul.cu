@@ -46,6 +46,7 @@
  */
 #include "ggc_cuda.cuh"
 #include "ggc_cuda_quants.cuh"
+#include "ggc_cuda_rope.cuh"
 
 #define GGC_MMV_MAX_COLS 8
 #define GGC_MMVF_MAX_COLS 2
@@ -81,12 +82,20 @@ struct ggc_mm_args {
     int64_t seg_block[4], seg_rows[3];
     const uint8_t *seg_w[3];
     uint8_t *seg_dst[3];
-    /* segment seg_store (when nseg > 1 and it is >= 1) stores into cache rows (a fused SET_ROWS): its
-     * one column goes to row *store_idx (i64 when store_i64, else i32) of seg_dst, rows store_nb1 bytes
-     * apart, as store_type (f16, bf16 or f32) */
-    int seg_store, store_i64, store_type;
-    const void *store_idx;
-    int64_t store_nb1;
+    /* segment s >= 1 with seg_cache[s] >= 0 stores into cache rows (a fused SET_ROWS): its one column goes
+     * to row *seg_idx[s] (i64 when seg_idx64[s], else i32) of seg_dst[s], rows seg_nb1[s] bytes apart, as
+     * type seg_cache[s] (f16 or bf16) */
+    int seg_cache[3], seg_idx64[3];
+    const void *seg_idx[3];
+    int64_t seg_nb1[3];
+    /* the segments whose bit is set in rope_segs store their rows rotated by a ROPE of one token in adjacent
+     * pairs (ggml's normal mode) over heads of rope_head rows: rows (2i, 2i + 1) of each head are pair i,
+     * at position *rope_pos, frequency factors rope_ff (or null), rotation parameters rope */
+    int rope_segs;
+    int64_t rope_head;
+    const int32_t *rope_pos;
+    const float *rope_ff;
+    ggc_rope_yarn rope;
     /* mmq split-K */
     int split;        /* K slices (1: none) */
     float *partial;   /* [split][partial_rows][N] sums, or null: write dst */
@@ -119,10 +128,25 @@ static __device__ __forceinline__ int ggc_mm_segment(const ggc_mm_args &a, int64
 /* -1, or the cache type when segment s stores into a cache row (dst then moves to that row, read
  * from the index tensor: after the PDL wait) */
 static __device__ __forceinline__ int ggc_mm_segment_cache(const ggc_mm_args &a, int s, uint8_t *&dst) {
-    if (a.nseg < 2 || s != a.seg_store) return -1;
-    const int64_t row = a.store_i64 ? *(const int64_t *)a.store_idx : *(const int32_t *)a.store_idx;
-    dst += row * a.store_nb1;
-    return a.store_type;
+    if (a.nseg < 2 || a.seg_cache[s] < 0) return -1;
+    const void *ix = a.seg_idx[s];
+    const int64_t row = a.seg_idx64[s] ? *(const int64_t *)ix : *(const int32_t *)ix;
+    dst += row * a.seg_nb1[s];
+    return a.seg_cache[s];
+}
+
+/* whether segment s stores its rows roped (a.rope_segs) */
+static __device__ __forceinline__ bool ggc_mm_roped(const ggc_mm_args &a, int s) { return a.nseg > 1 && (a.rope_segs >> s & 1); }
+
+/* the rotation of row i's pair in a roped segment (pair (i % rope_head) / 2 of its head) */
+static __device__ __forceinline__ float2 ggc_mm_rope_cs(const ggc_mm_args &a, int64_t i) {
+    const int64_t pp = (i % a.rope_head) / 2;
+    return ggc_rope_cs(ggc_rope_theta((float)*a.rope_pos, pp, a.rope.theta_scale), pp, a.rope_ff, a.rope);
+}
+/* row i of a roped segment from its product v and its pair partner's u (row i ^ 1): the ROPE kernel's
+ * bits (the same rotation of the same f32 values) */
+static __device__ __forceinline__ float ggc_mm_rope_row(int64_t i, float v, float u, float2 cs) {
+    return (i & 1) ? ggc_rope_second(u, v, cs) : ggc_rope_first(v, u, cs);
 }
 
 /* the weight rows a one-column kernel reads from row n0 on (rows past N read row N - 1, whose result is
@@ -1043,6 +1067,8 @@ template <ggc_type T> mm_kernel mmq_kernel(int mt, bool vec) {
  * gate and an up row) */
 #define GGC_GEMV1_ROWS 2
 #define GGC_GEMVF1_ROWS 2
+static_assert(GGC_GEMV1_ROWS % 2 == 0,
+              "the ROPE epilogue of sibling products rotates row pairs (2i, 2i + 1) that one row group holds");
 int gemv_rows_per_block(bool quant, bool swiglu) {
     return quant ? (swiglu ? 1 : GGC_GEMV1_ROWS) : GGC_GEMVF1_WARPS * (swiglu ? 1 : GGC_GEMVF1_ROWS);
 }
@@ -1214,33 +1240,49 @@ bool gemvf1_ok(const ggc_tensor *w) { return !ggc_cuda_is_quant(w->type) && alig
 bool mmq_vec(const ggc_tensor *w) { return !ggc_cuda_is_quant(w->type) && aligned16(w) && w->ne[0] % 8 == 0; }
 
 /* MUL_MAT with src[4], src[5] (and src[6], src[7]): more products of src1, each (weight, dst), in one
- * launch of the one-column kernel with the first; every weight of src0's type and row layout */
+ * launch of the one-column kernel with the first; every weight of src0's type and row layout. A later
+ * product whose dst is an f16 / bf16 cache takes the row that its index picks, src[8] for the second
+ * product and src[9] for the third (a fused SET_ROWS). src[2], when present: the positions of a ROPE
+ * whose op_params the node carries, applied to the products whose bit is set in op_params[0] (ROPE's
+ * unused n_past word) as they store (the generated program checked that it rotates adjacent pairs of
+ * whole heads, for one token; src[3] its frequency factors or null). */
 void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cuda_ctx *ctx) {
     const ggc_tensor *w = &n->src[0], *b = &n->src[1];
     const bool quant = p == PATH_MMVQ;
-    bool ok = (quant || (p == PATH_MMVF && gemvf1_ok(w))) && b->ne[1] == 1 && b->ne[2] == 1 && b->ne[3] == 1 &&
-              !n->src[2].data && !n->src[3].data;
+    bool ok = (quant || (p == PATH_MMVF && gemvf1_ok(w))) && b->ne[1] == 1 && b->ne[2] == 1 && b->ne[3] == 1;
     const ggc_tensor *ws[3] = {w, &n->src[4], &n->src[6]}, *ds[3] = {&n->dst, &n->src[5], &n->src[7]};
+    const ggc_tensor *idx[3] = {nullptr, &n->src[8], &n->src[9]};
     const int rows = gemv_rows_per_block(quant, false);
     a.nseg = n->src[6].data ? 3 : 2;
     a.seg_block[0] = 0;
-    a.seg_store = -1;
-    const ggc_tensor *idx = &n->src[9];
+    a.rope_segs = n->src[2].data ? n->op_params[0] : 0;
+    if (a.rope_segs) {
+        const ggc_tensor *pos = &n->src[2], *ff = &n->src[3];
+        a.rope_head = n->op_params[1]; /* n_dims: every channel of a head rotates */
+        a.rope_pos = (const int32_t *)pos->data;
+        a.rope_ff = ff->data ? (const float *)ff->data : nullptr;
+        a.rope = ggc_rope_yarn_of(n, (int)a.rope_head);
+        ok = ok && quant && n->op_params[2] == 0 && a.rope_head > 0 && a.rope_head % 2 == 0 && pos->type == GGC_TYPE_I32 &&
+             ggc_cuda_nelements(pos) == 1 && (!ff->data || ff->type == GGC_TYPE_F32) && a.rope_segs < (1 << a.nseg);
+    }
     for (int s = 0; s < a.nseg && ok; s++) {
         const ggc_tensor *ws_ = ws[s], *d = ds[s];
         ok = ws_->type == w->type && ws_->ne[0] == w->ne[0] && ws_->nb[1] == w->nb[1] && ws_->ne[2] == 1 &&
-             ws_->ne[3] == 1 && (quant || aligned16(ws_)) && d->ne[0] == ws_->ne[1];
-        if (s > 0 && d->type != GGC_TYPE_F32 && a.seg_store < 0 && idx->data) {
+             ws_->ne[3] == 1 && (quant || aligned16(ws_));
+        if ((a.rope_segs >> s & 1) && ws_->ne[1] % a.rope_head) ok = false;
+        a.seg_cache[s] = -1;
+        if (s > 0 && d->type != GGC_TYPE_F32 && idx[s]->data) {
             /* a fused SET_ROWS: d is the cache, its row *idx takes this product's column */
-            ok = ok && (d->type == GGC_TYPE_F16 || d->type == GGC_TYPE_BF16) && d->nb[0] == 2 &&
-                 (idx->type == GGC_TYPE_I32 || idx->type == GGC_TYPE_I64) && ggc_cuda_nelements(idx) == 1;
-            a.seg_store = s;
-            a.store_idx = idx->data;
-            a.store_i64 = idx->type == GGC_TYPE_I64;
-            a.store_type = d->type;
-            a.store_nb1 = (int64_t)d->nb[1];
+            const ggc_tensor *ix = idx[s];
+            ok = ok && (d->type == GGC_TYPE_F16 || d->type == GGC_TYPE_BF16) && d->nb[0] == 2 && d->ne[0] == ws_->ne[1] &&
+                 (ix->type == GGC_TYPE_I32 || ix->type == GGC_TYPE_I64) && ggc_cuda_nelements(ix) == 1;
+            a.seg_cache[s] = d->type;
+            a.seg_idx[s] = ix->data;
+            a.seg_idx64[s] = ix->type == GGC_TYPE_I64;
+            a.seg_nb1[s] = (int64_t)d->nb[1];
         } else {
-            ok = ok && d->type == GGC_TYPE_F32 && d->nb[0] == 4 && ggc_cuda_nelements(d) == ws_->ne[1];
+            /* f32 rows in a row, whatever the shape (a roped product's result is [head, heads]) */
+            ok = ok && d->type == GGC_TYPE_F32 && ggc_cuda_is_contiguous(d) && ggc_cuda_nelements(d) == ws_->ne[1];
         }
         a.seg_w[s] = (const uint8_t *)ws_->data;
         a.seg_dst[s] = (uint8_t *)d->data;
@@ -1249,7 +1291,8 @@ void launch_siblings(const ggc_node *n, mm_path p, ggc_mm_args &a, const ggc_cud
     }
     if (!ok)
         GGC_UNSUPPORTED("MUL_MAT with src[4..7] (sibling products): one column, weights of one layout, f32 results "
-                        "(one may be f16/bf16 cache rows, with src[9] its one index)");
+                        "(later ones may be f16/bf16 cache rows, src[8] / src[9] their one index), a ROPE of "
+                        "adjacent pairs over whole heads (quantized weights)");
     convert_act(p, b, w, ctx->work, ctx->stream, a, ctx->act_ready != 0);
     if (quant) {
         const int nt = ggc_gemv1_threads(a.K);
@@ -1278,6 +1321,10 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
     ggc_mm_args a = base_args(n);
     a.split = 1;
     a.w_const = ctx->w_const && ggc_pdl_prefetch();
+    if (n->src[4].data) { /* sibling products of one column (the generated program checked the layouts) */
+        launch_siblings(n, p, a, ctx);
+        return;
+    }
     if (n->src[3].data) { /* SWIGLU of two products of one column (the generated program checked the shapes) */
         const ggc_tensor *w2 = &n->src[3];
         bool ok = (p == PATH_MMVQ || (p == PATH_MMVF && gemvf1_ok(w))) && w2->type == w->type && b->ne[1] == 1 &&
@@ -1292,10 +1339,6 @@ extern "C" void ggc_cuda_op_mul_mat(const ggc_node *n, const ggc_cuda_ctx *ctx) 
             if (r->ne[i] != d->ne[i] || r->nb[i] != d->nb[i] || r->type != GGC_TYPE_F32 || d->type != GGC_TYPE_F32)
                 GGC_UNSUPPORTED("MUL_MAT's added src[2] must be f32 laid out as dst");
         a.add = (const uint8_t *)r->data;
-    }
-    if (n->src[4].data) { /* sibling products of one column (the generated program checked the layouts) */
-        launch_siblings(n, p, a, ctx);
-        return;
     }
     if (w->type == GGC_TYPE_Q6_KR8 && !(p == PATH_MMVQ && a.ne11 == 1 && a.r2 == 1 && a.r3 == 1))
         GGC_UNSUPPORTED("MUL_MAT: q6_K regrouped weights (GGC_TYPE_Q6_KR8) are for one-column products only");

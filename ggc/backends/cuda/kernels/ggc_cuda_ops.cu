@@ -29,6 +29,7 @@
  * longer rows need work memory (ggc_cuda_work_argsort / ggc_cuda_work_top_k).
  */
 #include "ggc_cuda.cuh"
+#include "ggc_cuda_rope.cuh"
 
 #include <math.h>
 
@@ -759,7 +760,7 @@ struct rope_args {
     const int32_t *pos;
     const float *ff;
     int mode, n_dims, n_offs, sections[4];
-    float freq_scale, ext_factor, attn_factor, corr0, corr1, theta_scale;
+    ggc_rope_yarn y;
     int64_t n_pairs, first, step, offset;
     bool copy_rest;
     /* rows mode (a ROPE and the SET_ROWS that stores it, fused): token i2's heads go side by side
@@ -790,9 +791,7 @@ __device__ __forceinline__ char *rope_out(const rope_args &p, int64_t i1, int64_
 __device__ float rope_theta(const rope_args &p, int64_t i2, int64_t pp) {
     const int64_t ne2 = p.sa.ne[2];
     if (!(p.mode & MODE_MROPE)) {
-        float theta = (float)p.pos[i2];
-        for (int64_t q = 0; q < pp; q++) theta *= p.theta_scale;
-        return theta;
+        return ggc_rope_theta((float)p.pos[i2], pp, p.y.theta_scale);
     }
     float th[4], base[4];
     for (int k = 0; k < 4; k++) base[k] = th[k] = (float)p.pos[i2 + k * ne2];
@@ -818,7 +817,7 @@ __device__ float rope_theta(const rope_args &p, int64_t i2, int64_t pp) {
             else if (sector >= sec_w && sector < sec_w + sec[2]) theta = th[2];
             else if (sector >= sec_w + sec[2]) theta = th[3];
         }
-        for (int k = 0; k < 4; k++) th[k] *= p.theta_scale;
+        for (int k = 0; k < 4; k++) th[k] *= p.y.theta_scale;
     }
     return theta;
 }
@@ -832,28 +831,15 @@ __device__ __forceinline__ void rope_block(const rope_args &p, int64_t z) {
     const bool tiled = p.head_tiles > 1;
     const int64_t h0 = tiled ? z * blockDim.y : 0, h1 = tiled ? min(ne1, h0 + (int64_t)blockDim.y) : ne1;
     if (pp < p.n_pairs && h0 < ne1) {
-        float theta = rope_theta(p, i2, pp);
-        if (p.ff) theta /= p.ff[pp];
-        /* rope_yarn */
-        const int64_t i0c = 2 * pp;
-        const float theta_interp = p.freq_scale * theta;
-        float th = theta_interp, mscale = p.attn_factor;
-        if (p.ext_factor != 0.0f) {
-            const float y = ((float)(i0c / 2) - p.corr0) / fmaxf(0.001f, p.corr1 - p.corr0);
-            const float ramp = 1.0f - fminf(1.0f, fmaxf(0.0f, y));
-            const float mix = ramp * p.ext_factor;
-            th = fmaf(theta_interp, 1.0f - mix, theta * mix);
-            mscale *= fmaf(0.1f, logf(1.0f / p.freq_scale), 1.0f);
-        }
-        const float cs = cosf(th) * mscale, sn = sinf(th) * mscale;
+        const float2 cs = ggc_rope_cs(rope_theta(p, i2, pp), pp, p.ff, p.y);
         const int64_t j = p.first + pp * p.step;
         for (int64_t i1 = h0 + threadIdx.y; i1 < h1; i1 += blockDim.y) {
             const char *x = row_of(p.a, p.sa, i1, i2, i3);
             char *y = rope_out(p, i1, i2, i3);
             if (!y) continue;
             const float x0 = ggc_load_f(x + j * p.sa.nb[0], p.ta), x1 = ggc_load_f(x + (j + p.offset) * p.sa.nb[0], p.ta);
-            ggc_store_f(y + j * p.sd.nb[0], p.td, fmaf(x0, cs, -(x1 * sn)));
-            ggc_store_f(y + (j + p.offset) * p.sd.nb[0], p.td, fmaf(x0, sn, x1 * cs));
+            ggc_store_f(y + j * p.sd.nb[0], p.td, ggc_rope_first(x0, x1, cs));
+            ggc_store_f(y + (j + p.offset) * p.sd.nb[0], p.td, ggc_rope_second(x0, x1, cs));
         }
     }
     if (p.copy_rest && blockIdx.y == 0 && z == 0) { /* channels outside the rotated span pass through */
@@ -873,11 +859,6 @@ __global__ void k_rope(const rope_launch L) {
     GGC_PDL_BEGIN();
     if (blockIdx.z < L.z_split) rope_block(L.s[0], blockIdx.z); /* each branch reads its arguments in place */
     else rope_block(L.s[1], blockIdx.z - L.z_split);
-}
-
-float rope_corr_dim(int n_dims, int n_ctx_orig, float n_rot, float base) {
-    const float pi = 3.14159265358979323846f;
-    return (float)n_dims * logf((float)n_ctx_orig / (n_rot * 2.0f * pi)) / (2.0f * logf(base));
 }
 
 /* ------------------------------------------------------------------ SOFT_MAX */
@@ -1074,16 +1055,7 @@ rope_args rope_of(const ggc_node *n, const ggc_tensor *a, const ggc_tensor *d, c
     p.mode = n->op_params[2];
     p.n_offs = n->op_params[15];
     for (int k = 0; k < 4; k++) p.sections[k] = n->op_params[11 + k];
-    const int n_ctx_orig = n->op_params[4];
-    const float freq_base = param_f(n, 5);
-    p.freq_scale = param_f(n, 6);
-    p.ext_factor = param_f(n, 7);
-    p.attn_factor = param_f(n, 8);
-    p.theta_scale = powf(freq_base, -2.0f / (float)p.n_dims);
-    const float start = floorf(rope_corr_dim(p.n_dims, n_ctx_orig, param_f(n, 9), freq_base));
-    const float end = ceilf(rope_corr_dim(p.n_dims, n_ctx_orig, param_f(n, 10), freq_base));
-    p.corr0 = 0.0f > start ? 0.0f : start;
-    p.corr1 = (float)(p.n_dims - 1) < end ? (float)(p.n_dims - 1) : end;
+    p.y = ggc_rope_yarn_of(n, p.n_dims);
     const bool vision = p.mode == MODE_VISION;
     p.n_pairs = vision ? p.sd.ne[0] / 2 : p.n_dims / 2;
     p.first = vision ? 0 : p.n_offs;
