@@ -222,11 +222,21 @@ def _join_rope_epilogues(groups: list[Group], users: dict[int, list[Tensor]], ou
 
 
 def rotated_product(products: list[Tensor], rope: Tensor) -> Tensor | None:
-    """The product whose result the ROPE reads, as a whole, through reshapes only (or None)."""
-    x = rope.src[0]
-    while x is not None and x.op == "RESHAPE" and x.view_src is not None:
-        x = x.src[0]
+    """The product whose memory the ROPE reads (directly or through views of it), or None."""
+    x = root(rope.src[0]) if rope.src[0] is not None else None
     return x if any(x is p for p in products) else None
+
+
+def _sole_view_reader(x: Tensor, prev: Tensor, reader: Tensor, users: dict[int, list[Tensor]], outputs: set[int],
+                      ops: frozenset[str]) -> Tensor | None:
+    """The node that reads prev, where reader reads x and x is prev or a chain of views of all of it (ops,
+    contiguous, at offset 0, none an output), each read by the next alone; None when x is not such a chain."""
+    while x is not prev:
+        if (x.op not in ops or x.view_src is not prev or not x.is_contiguous() or x.view_offs != 0
+                or x.id in outputs or [u.id for u in users[x.id]] != [reader.id] or not x.src or x.src[0] is None):
+            return None
+        reader, x = x, x.src[0]
+    return reader
 
 
 def _rope_epilogue_ok(products: list[Tensor], rope: Tensor, users: dict[int, list[Tensor]],
@@ -238,13 +248,11 @@ def _rope_epilogue_ok(products: list[Tensor], rope: Tensor, users: dict[int, lis
     one-column float kernel's lane 0 stores its rows one after the other, and the rotation lengthened
     that tail more than the ROPE launch cost)."""
     p = rotated_product(products, rope)
-    if p is None or p.id in outputs or len(users[p.id]) != 1:
+    if p is None or p.id in outputs:
         return False
-    x = rope.src[0]
-    while x is not p:  # each reshape read by the next alone
-        if x.id in outputs or len(users[x.id]) != 1 or not x.is_contiguous() or x.view_offs != 0:
-            return False
-        x = x.src[0]
+    reader = _sole_view_reader(rope.src[0], p, rope, users, outputs, frozenset({"RESHAPE"}))
+    if reader is None or [u.id for u in users[p.id]] != [reader.id]:
+        return False
     pos = rope.src[1] if len(rope.src) > 1 else None
     ff = rope.src[2] if len(rope.src) > 2 else None
     pr = rope.params
@@ -321,12 +329,9 @@ def _row_store_ok(prev: Tensor, t: Tensor, users: dict[int, list[Tensor]], outpu
     rows, idx = t.src[0], t.src[1] if len(t.src) > 1 else None
     if rows is None or idx is None or prev.id in outputs or t.type.name not in ("f32", "f16", "bf16"):
         return False
-    reader, x = t, rows
-    while x is not prev:  # each view in between: of all of its source, read by the next alone
-        if (x.op not in ("RESHAPE", "VIEW") or x.view_src is not prev or not x.is_contiguous() or x.view_offs != 0
-                or x.id in outputs or [u.id for u in users[x.id]] != [reader.id] or not x.src or x.src[0] is None):
-            return False
-        reader, x = x, x.src[0]
+    reader = _sole_view_reader(rows, prev, t, users, outputs, frozenset({"RESHAPE", "VIEW"}))
+    if reader is None:
+        return False
     row, n_tok = rows.ne[0], rows.ne[1]
     return ([u.id for u in users[prev.id]] == [reader.id] and prev.type.name == "f32" and prev.is_contiguous()
             and prev.view_src is None and prev.ne[3] == 1 and rows.ne[2:] == (1, 1)
