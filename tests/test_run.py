@@ -51,6 +51,33 @@ def test_64_greedy_tokens_equal_llama_cpp_on_cuda(arch: str, quant: str, tmp_pat
     assert "tok/s, target cuda" in r.stdout
 
 
+@pytest.mark.skipif(bool(_no_cuda()), reason=_no_cuda() or "-")
+def test_out_of_gpu_memory_is_a_clear_error(tmp_path: Path) -> None:
+    """With the GPU all but full (this process holds the rest through the driver API), a program whose
+    arena does not fit (a 2M-cell KV cache: 2 GiB) fails with the size it asked for, exit status 2, no
+    traceback; nothing falls back to another target."""
+    import ctypes
+
+    cu = ctypes.CDLL("libcuda.so.1")
+    dev, ctx, ptr = ctypes.c_int(0), ctypes.c_void_p(), ctypes.c_uint64(0)
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    assert cu.cuInit(0) == 0 and cu.cuDeviceGet(ctypes.byref(dev), 0) == 0
+    assert cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0 and cu.cuCtxSetCurrent(ctx) == 0
+    try:
+        assert cu.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)) == 0
+        leave = 1 << 30  # room for the other process's context and kernels, not for its arena
+        assert cu.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(free.value - leave)) == 0
+        r = run_ggc("run", str(tiny_model("llama", "q8_0")), "-p", "Hello", "-n", "2", "--ctx", str(2 << 20),
+                    "--batch", "8", "--target", "cuda", cwd=tmp_path)
+    finally:
+        if ptr.value:
+            cu.cuMemFree_v2(ptr)
+        cu.cuDevicePrimaryCtxRelease(dev)
+    assert r.returncode == 2, r.stdout[-800:] + r.stderr[-800:]
+    assert "out of GPU memory" in r.stderr and "byte arena" in r.stderr, r.stderr[-800:]
+    assert "Traceback" not in r.stderr and "target c" not in r.stdout
+
+
 def test_cuda_without_a_gpu_falls_back_to_c(tmp_path: Path) -> None:
     if not _no_cuda():
         pytest.skip("a GPU is present: nothing to fall back from")
