@@ -53,8 +53,11 @@ constexpr int SLOT = 32 * 1024, MAX_DEPTH = 3; /* the attention merge's scratch 
 constexpr int SLOT = 32 * 1024, MAX_DEPTH = 5;
 #endif
 constexpr int KMAX = FF;
-constexpr int BUF = H + NH * SPLIT * (HD + 2); /* scratch floats a block: the merge's H + partials (or h, or attention's K, V, scores) */
-static_assert(BUF >= FF && BUF >= (CELLS / SPLIT) * HD + (CELLS / SPLIT) + (THREADS / HD) * HD, "scratch");
+/* scratch floats a block: [0, H) the norm's and the merge's rows; from H the merge's partials, or attention's
+ * K and V slice (loaded ahead with kvpre), scores and per-subset sums; or h (FF) from 0 */
+constexpr int ATT = (CELLS / SPLIT) * HD + (CELLS / SPLIT) + (THREADS / HD) * HD;
+constexpr int BUF = H + (NH * SPLIT * (HD + 2) > ATT ? NH * SPLIT * (HD + 2) : ATT);
+static_assert(BUF >= FF, "scratch");
 enum { S_QKV, S_O, S_GU, S_DOWN, NSTAGE };
 __host__ __device__ constexpr int stage_k(int s) { return s == S_DOWN ? FF : H; }
 constexpr int STAGE_N[NSTAGE] = {QKV, H, 2 * FF, H}; /* GU: gate row i at 2i, up row i at 2i + 1 */
@@ -77,6 +80,7 @@ struct Args {
     int depth, wait;
     int flags;      /* barriers as one flag a block (release stores, a warp polls them) instead of a counter */
     unsigned *flag; /* [NL * 5][grid] */
+    int kvpre;      /* attention's K and V slice loaded (cp.async) at the layer's start, before its barriers */
     int skip; /* for the breakdown: 1 attention and its merge, 2 the norms, 4 the products' math, 8 the h fetch */
 };
 
@@ -228,8 +232,28 @@ template <int K> __device__ __forceinline__ float row_dot(const uint8_t *row, co
     return warp_sum(acc);
 }
 
-/* attention for (head, split) pairs spread over the grid: partial softmax state of 128 cells */
-__device__ void attention(const Args &a, int l, float *scratch, float *red) {
+/* the K and V slice of this block's first attention item, by cp.async into scratch (not waited for here) */
+__device__ void kv_prefetch(const Args &a, int l, float *scratch) {
+    const int item = blockIdx.x;
+    if (item >= NH * SPLIT) return;
+    const int hq = item / SPLIT, sp = item % SPLIT, hk = hq / (NH / NKV);
+    const int c0 = sp * (CELLS / SPLIT), nc = CELLS / SPLIT;
+    __half *sk = (__half *)scratch, *sv = sk + nc * HD;
+    for (int piece = threadIdx.x; piece < nc * HD / 8; piece += THREADS) {
+        const int c = piece / (HD / 8), part = piece % (HD / 8);
+        const size_t off = ((size_t)(c0 + c) * NKV + hk) * HD + part * 8;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(sk + piece * 8)), "l"(a.kc[l] + off));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(sv + piece * 8)), "l"(a.vc[l] + off));
+    }
+    asm volatile("cp.async.commit_group;" ::);
+}
+/* attention for (head, split) pairs spread over the grid: partial softmax state of 128 cells; with pre, the
+ * block's first item's K and V are in scratch already (kv_prefetch) */
+__device__ void attention(const Args &a, int l, float *scratch, float *red, bool pre) {
+    if (pre) {
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        __syncthreads();
+    }
     for (int item = blockIdx.x; item < NH * SPLIT; item += gridDim.x) {
         const int hq = item / SPLIT, sp = item % SPLIT, hk = hq / (NH / NKV);
         const int c0 = sp * (CELLS / SPLIT), nc = CELLS / SPLIT;
@@ -238,7 +262,7 @@ __device__ void attention(const Args &a, int l, float *scratch, float *red) {
         /* the slice's K and V rows (128 B a cell) into shared memory, every load in flight at once */
         __half *sk = (__half *)scratch, *sv = sk + nc * HD;
         float *sc = (float *)(sv + nc * HD);
-        {
+        if (!(pre && item == (int)blockIdx.x)) {
             constexpr int PER = (CELLS / SPLIT) * HD * 2 / 16 / THREADS; /* 16-byte pieces a thread, K and V each */
             int4 kv[PER], vv[PER];
 #pragma unroll
@@ -383,12 +407,13 @@ __global__ void __launch_bounds__(THREADS, 1) k_step(const Args a) {
     };
     for (int l = 0; l < NL; l++) {
         const int bar = l * 5;
+        if (a.kvpre) kv_prefetch(a, l, buf + H);
         if (l > 0) sync_wait(bar - 1);
         if (!(a.skip & 2)) norm_quant(a.x, a.nw[l][0], act, buf, red);
         consume(l * NSTAGE + S_QKV, [&](int r, float v) { a.qkv[r] = v; });
         sync_arrive(bar + 0);
         sync_wait(bar + 0);
-        if (!(a.skip & 1)) attention(a, l, buf, red);
+        if (!(a.skip & 1)) attention(a, l, buf + H, red, a.kvpre != 0);
         sync_arrive(bar + 1);
         sync_wait(bar + 1);
         if (!(a.skip & 1)) {
@@ -570,7 +595,9 @@ int main() {
            wbytes / 1e6 / NL, all.size(), SLOT / 1024, nsm);
 
     CK(cudaMalloc(&a.flag, (size_t)NL * 5 * nsm * 4));
-    auto run = [&](bool stream, int depth, int wait, std::vector<float> *out, int skip = 0, int flags = 0) {
+    auto run = [&](bool stream, int depth, int wait, std::vector<float> *out, int skip = 0, int flags = 0,
+                   int kvpre = 0) {
+        a.kvpre = kvpre;
         a.depth = depth;
         a.wait = wait;
         a.skip = skip;
@@ -592,8 +619,8 @@ int main() {
         }
         std::sort(ts.begin(), ts.end());
         const float us = ts[ts.size() / 2] * 1000.0f;
-        char what[64];
-        snprintf(what, sizeof what, "%s%s%s", flags ? "[flags] " : "", stream ? "streaming only (k_stream)" : wait ? "persistent step (k_step)" : "k_step without barrier waits",
+        char what[96];
+        snprintf(what, sizeof what, "%s%s%s%s", flags ? "[flags] " : "", kvpre ? "[K/V ahead] " : "", stream ? "streaming only (k_stream)" : wait ? "persistent step (k_step)" : "k_step without barrier waits",
                  skip == 1 ? ", no attention" : skip == 2 ? ", no norms" : skip == 4 ? ", no product math" : skip == 8 ? ", no h fetch" : skip == 15 ? ", barriers + streaming" : "");
         printf("%-50s depth %d: %8.1f us a step, %6.2f us a layer, %5.0f GB/s of weights\n", what, depth, us, us / NL,
                wbytes / (us * 1e3));
@@ -612,15 +639,18 @@ int main() {
     for (int skip : {1, 2, 4, 8, 15}) run(false, 3, 1, nullptr, skip);
     run(false, 3, 1, &r3, 0, 1);
     run(false, 3, 1, nullptr, 15, 1);
+    std::vector<float> r4;
+    for (int d : {2, 3}) run(false, d, 1, d == 3 ? &r4 : nullptr, 0, 0, 1);
     bool finite = true;
     double norm = 0.0;
     for (float v : r1) {
         finite = finite && std::isfinite(v);
         norm += (double)v * v;
     }
-    printf("check: residual after the step %s across runs (%s with flag barriers), %s, |x| = %.3f\n",
+    printf("check: residual after the step %s across runs (%s with flag barriers, %s with K/V ahead), %s, |x| = %.3f\n",
            memcmp(r1.data(), r2.data(), H * 4) == 0 ? "identical" : "DIFFERENT",
-           memcmp(r1.data(), r3.data(), H * 4) == 0 ? "identical" : "DIFFERENT", finite ? "finite" : "NOT FINITE",
+           memcmp(r1.data(), r3.data(), H * 4) == 0 ? "identical" : "DIFFERENT",
+           memcmp(r1.data(), r4.data(), H * 4) == 0 ? "identical" : "DIFFERENT", finite ? "finite" : "NOT FINITE",
            sqrt(norm));
     return 0;
 }
