@@ -59,6 +59,7 @@ constexpr int ATT = (CELLS / SPLIT) * HD + (CELLS / SPLIT) + (THREADS / HD) * HD
 constexpr int BUF = H + (NH * SPLIT * (HD + 2) > ATT ? NH * SPLIT * (HD + 2) : ATT);
 static_assert(BUF >= FF, "scratch");
 enum { S_QKV, S_O, S_GU, S_DOWN, NSTAGE };
+constexpr int NPH = 16, TRACE_LAYER = 5; /* phase marks of one layer, for the breakdown */
 __host__ __device__ constexpr int stage_k(int s) { return s == S_DOWN ? FF : H; }
 constexpr int STAGE_N[NSTAGE] = {QKV, H, 2 * FF, H}; /* GU: gate row i at 2i, up row i at 2i + 1 */
 
@@ -74,6 +75,9 @@ struct Args {
     const float *nw[NL][2];
     const __half *kc[NL], *vc[NL]; /* [CELLS][NKV][HD] */
     float *x, *qkv, *part, *h;     /* part: [NH][SPLIT][HD + 2] attention partials */
+    float *attn;                   /* [H]: the merged attention output (merge1) */
+    unsigned *headcnt;             /* [NL][NH]: splits of a head done (merge1) */
+    int merge1;                    /* the last split of a head to finish merges it, once, into attn */
     const Tile *tiles;
     const int *tile_off;
     unsigned *bar; /* [NL][5] */
@@ -81,6 +85,7 @@ struct Args {
     int flags;      /* barriers as one flag a block (release stores, a warp polls them) instead of a counter */
     unsigned *flag; /* [NL * 5][grid] */
     int kvpre;      /* attention's K and V slice loaded (cp.async) at the layer's start, before its barriers */
+    unsigned long long *trace; /* [grid][NPH]: %globaltimer at each phase of layer TRACE_LAYER (thread 0), or null */
     int skip; /* for the breakdown: 1 attention and its merge, 2 the norms, 4 the products' math, 8 the h fetch */
 };
 
@@ -326,6 +331,28 @@ __device__ void attention(const Args &a, int l, float *scratch, float *red, bool
             dst[HD + 1] = ls;
         }
         __syncthreads();
+        if (a.merge1) { /* the head's last split merges its SPLIT partials into attn, once for the grid */
+            __shared__ int last;
+            if (threadIdx.x == 0) {
+                __threadfence();
+                last = atomicAdd(a.headcnt + l * NH + hq, 1u) == SPLIT - 1;
+            }
+            __syncthreads();
+            if (last && threadIdx.x < HD) {
+                __threadfence();
+                const float *pp = a.part + (size_t)hq * SPLIT * (HD + 2);
+                float mm = -INFINITY;
+                for (int s2 = 0; s2 < SPLIT; s2++) mm = fmaxf(mm, __ldcg(pp + s2 * (HD + 2) + HD));
+                float o2 = 0.0f, l2 = 0.0f;
+                for (int s2 = 0; s2 < SPLIT; s2++) {
+                    const float f = __expf(__ldcg(pp + s2 * (HD + 2) + HD) - mm);
+                    o2 += f * __ldcg(pp + s2 * (HD + 2) + threadIdx.x);
+                    l2 += f * __ldcg(pp + s2 * (HD + 2) + HD + 1);
+                }
+                a.attn[hq * HD + threadIdx.x] = o2 / l2;
+            }
+            __syncthreads();
+        }
     }
 }
 /* the merged attention output (all heads), into buf */
@@ -407,32 +434,57 @@ __global__ void __launch_bounds__(THREADS, 1) k_step(const Args a) {
     };
     for (int l = 0; l < NL; l++) {
         const int bar = l * 5;
+        /* phase marks of one layer (bench's breakdown): thread 0's %globaltimer after each step */
+        auto mark = [&](int k) {
+            if (a.trace && l == TRACE_LAYER && threadIdx.x == 0) {
+                unsigned long long ns;
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+                a.trace[blockIdx.x * NPH + k] = ns;
+            }
+        };
+        mark(0);
         if (a.kvpre) kv_prefetch(a, l, buf + H);
         if (l > 0) sync_wait(bar - 1);
+        mark(1);
         if (!(a.skip & 2)) norm_quant(a.x, a.nw[l][0], act, buf, red);
+        mark(2);
         consume(l * NSTAGE + S_QKV, [&](int r, float v) { a.qkv[r] = v; });
+        mark(3);
         sync_arrive(bar + 0);
         sync_wait(bar + 0);
+        mark(4);
         if (!(a.skip & 1)) attention(a, l, buf + H, red, a.kvpre != 0);
+        mark(5);
         sync_arrive(bar + 1);
         sync_wait(bar + 1);
+        mark(6);
         if (!(a.skip & 1)) {
-            attn_merge(a, buf);
+            if (a.merge1) fetch<H>(a.attn, buf);
+            else attn_merge(a, buf);
             quantize(buf, H, act);
         }
+        mark(7);
         consume(l * NSTAGE + S_O, [&](int r, float v) { a.x[r] += v; });
+        mark(8);
         sync_arrive(bar + 2);
         sync_wait(bar + 2);
+        mark(9);
         if (!(a.skip & 2)) norm_quant(a.x, a.nw[l][1], act, buf, red);
+        mark(10);
         consume(l * NSTAGE + S_GU, [&](int r, float v) { a.h[r] = v; });
+        mark(11);
         sync_arrive(bar + 3);
         sync_wait(bar + 3);
+        mark(12);
         if (!(a.skip & 8)) {
             fetch<FF>(a.h, buf);
             quantize(buf, FF, act);
         }
+        mark(13);
         consume(l * NSTAGE + S_DOWN, [&](int r, float v) { a.x[r] += v; });
+        mark(14);
         sync_arrive(bar + 4);
+        mark(15);
     }
 }
 
@@ -595,9 +647,12 @@ int main() {
            wbytes / 1e6 / NL, all.size(), SLOT / 1024, nsm);
 
     CK(cudaMalloc(&a.flag, (size_t)NL * 5 * nsm * 4));
+    CK(cudaMalloc(&a.attn, H * 4));
+    CK(cudaMalloc(&a.headcnt, NL * NH * 4));
     auto run = [&](bool stream, int depth, int wait, std::vector<float> *out, int skip = 0, int flags = 0,
-                   int kvpre = 0) {
+                   int kvpre = 0, int merge1 = 0) {
         a.kvpre = kvpre;
+        a.merge1 = merge1;
         a.depth = depth;
         a.wait = wait;
         a.skip = skip;
@@ -607,6 +662,7 @@ int main() {
             CK(cudaMemcpyAsync(a.x, x0, H * 4, cudaMemcpyDeviceToDevice));
             CK(cudaMemsetAsync(a.bar, 0, NL * 5 * 4));
             CK(cudaMemsetAsync(a.flag, 0, (size_t)NL * 5 * nsm * 4));
+            CK(cudaMemsetAsync(a.headcnt, 0, NL * NH * 4));
             cudaEventRecord(e0);
             if (stream) k_stream<<<nsm, THREADS, smem>>>(a, sink);
             else k_step<<<nsm, THREADS, smem>>>(a);
@@ -620,7 +676,8 @@ int main() {
         std::sort(ts.begin(), ts.end());
         const float us = ts[ts.size() / 2] * 1000.0f;
         char what[96];
-        snprintf(what, sizeof what, "%s%s%s%s", flags ? "[flags] " : "", kvpre ? "[K/V ahead] " : "", stream ? "streaming only (k_stream)" : wait ? "persistent step (k_step)" : "k_step without barrier waits",
+        snprintf(what, sizeof what, "%s%s%s%s%s", merge1 ? "[merged once] " : "", flags ? "[flags] " : "",
+                 kvpre ? "[K/V ahead] " : "", stream ? "streaming only (k_stream)" : wait ? "persistent step (k_step)" : "k_step without barrier waits",
                  skip == 1 ? ", no attention" : skip == 2 ? ", no norms" : skip == 4 ? ", no product math" : skip == 8 ? ", no h fetch" : skip == 15 ? ", barriers + streaming" : "");
         printf("%-50s depth %d: %8.1f us a step, %6.2f us a layer, %5.0f GB/s of weights\n", what, depth, us, us / NL,
                wbytes / (us * 1e3));
@@ -639,18 +696,47 @@ int main() {
     for (int skip : {1, 2, 4, 8, 15}) run(false, 3, 1, nullptr, skip);
     run(false, 3, 1, &r3, 0, 1);
     run(false, 3, 1, nullptr, 15, 1);
-    std::vector<float> r4;
+    std::vector<float> r4, r5;
     for (int d : {2, 3}) run(false, d, 1, d == 3 ? &r4 : nullptr, 0, 0, 1);
+    run(false, 3, 1, &r5, 0, 0, 1, 1);
+    {
+        /* where one layer's time goes, block by block: each phase's end as the median, the last and the first
+         * block reach it, in us after the first block started the layer */
+        unsigned long long *dtr;
+        CK(cudaMalloc(&dtr, (size_t)nsm * NPH * 8));
+        a.trace = dtr;
+        run(false, 3, 1, nullptr, 0, 0, 1, 1);
+        a.trace = nullptr;
+        std::vector<unsigned long long> tr((size_t)nsm * NPH);
+        CK(cudaMemcpy(tr.data(), dtr, tr.size() * 8, cudaMemcpyDeviceToHost));
+        unsigned long long t0 = ~0ull;
+        for (int b = 0; b < nsm; b++) t0 = std::min(t0, tr[(size_t)b * NPH]);
+        static const char *names[NPH] = {"layer start", "waited for the last down product", "norm + q8",
+                                         "Q/K/V tiles", "Q/K/V barrier", "attention", "attention barrier",
+                                         "merge + q8", "output tiles", "output barrier", "norm + q8", "gate/up tiles",
+                                         "gate/up barrier", "h read + q8", "down tiles", "arrived"};
+        printf("layer %d, traced (depth 3, K/V ahead, merged once): us after the layer's first block start; first / median / last block\n",
+               TRACE_LAYER);
+        for (int k = 0; k < NPH; k++) {
+            std::vector<double> v;
+            for (int b = 0; b < nsm; b++) v.push_back((tr[(size_t)b * NPH + k] - t0) / 1e3);
+            std::sort(v.begin(), v.end());
+            printf("  %2d %-34s %7.2f %7.2f %7.2f\n", k, names[k], v.front(), v[v.size() / 2], v.back());
+        }
+    }
     bool finite = true;
     double norm = 0.0;
     for (float v : r1) {
         finite = finite && std::isfinite(v);
         norm += (double)v * v;
     }
-    printf("check: residual after the step %s across runs (%s with flag barriers, %s with K/V ahead), %s, |x| = %.3f\n",
+    double dmax = 0.0;
+    for (int i = 0; i < H; i++) dmax = std::max(dmax, (double)fabsf(r1[i] - r5[i]) / (fabsf(r1[i]) + 1e-3));
+    printf("check: residual after the step %s across runs (%s with flag barriers, %s with K/V ahead, merged once: "
+           "largest relative difference %.1e, other rounding), %s, |x| = %.3f\n",
            memcmp(r1.data(), r2.data(), H * 4) == 0 ? "identical" : "DIFFERENT",
            memcmp(r1.data(), r3.data(), H * 4) == 0 ? "identical" : "DIFFERENT",
-           memcmp(r1.data(), r4.data(), H * 4) == 0 ? "identical" : "DIFFERENT", finite ? "finite" : "NOT FINITE",
+           memcmp(r1.data(), r4.data(), H * 4) == 0 ? "identical" : "DIFFERENT", dmax, finite ? "finite" : "NOT FINITE",
            sqrt(norm));
     return 0;
 }
