@@ -4,8 +4,8 @@
         the 16 tiny models of bench/cuda_run_check.sh, one "ARCH QUANT PATH" a line (made when missing)
     python3 bench/llama_ref_tokens.py ref MODEL --ctx 512 --batch 16 -n 64 -p PROMPT --ids-out IDS
         tokenizes PROMPT as `ggc run` does (llama_tokenize, BOS added, special tokens parsed) and writes the ids to
-        IDS (for bench/llama_greedy); then llama.cpp's greedy tokens through llama-cpp-python (CPU), computed
-        exactly as `ggc run --check` does (ggc/cli.py, _check: ggc's LlamaSession, the prompt in full chunks of
+        IDS (for bench/llama_greedy); then llama.cpp's greedy tokens through llama-cpp-python (CPU), from the
+        same function as `ggc run --check` (ggc.llm.reference.greedy_logits: the prompt in full chunks of
         --batch and then token by token, then each argmax fed back). Prints what llama_greedy prints:
         "INDEX TOKEN LOGIT SECOND_TOKEN SECOND_LOGIT" per generated token, after '#' lines.
     python3 bench/llama_ref_tokens.py compare REF OTHER...
@@ -47,30 +47,21 @@ def cmd_ref(a: argparse.Namespace) -> int:
     import llama_cpp.llama_cpp as ll
 
     from ggc.capture.llama import LlamaSession, SessionOptions
+    from ggc.llm.reference import greedy_logits
 
     with LlamaSession(a.model, SessionOptions(n_ctx=a.ctx, n_batch=a.batch)) as s:
         prompt = s.tokenize(a.prompt)  # = ggc.llm.model.Model.tokenize: add_bos, parse_special
-        Path(a.ids_out).write_text(" ".join(map(str, prompt)) + "\n")
         o = s.opts
-        print(f"# model {a.model}\n# llama-cpp-python {getattr(sys.modules.get('llama_cpp'), '__version__', '?')} "
-              f"(CPU) through ggc's LlamaSession: n_ctx {o.n_ctx}, n_batch = n_ubatch {o.n_batch}, n_threads "
-              f"{o.n_threads}, flash_attn {o.flash_attn}, kv {o.type_k}/{o.type_v}, offload_kqv 0, "
-              f"prompt {len(prompt)} tokens, n_predict {a.n}")
-        print(f"# system: {ll.llama_print_system_info().decode(errors='replace')}")
-        # ggc/cli.py _check, step for step (with `ours` = a.n tokens)
-        pos = 0
-        while len(prompt) - pos >= a.batch and a.batch > 1:
-            s.decode(prompt[pos : pos + a.batch], pos)
-            pos += a.batch
-        for tok in prompt[pos:]:
-            s.decode([tok], pos)
-            pos += 1
-        for i in range(a.n):
-            y, ly, z, lz = top2(s.logits())
-            print(f"{i} {y} {ly:.6f} {z} {lz:.6f}", flush=True)
-            if i + 1 < a.n:
-                s.decode([y], pos)
-                pos += 1
+    Path(a.ids_out).write_text(" ".join(map(str, prompt)) + "\n")
+    print(f"# model {a.model}\n# llama-cpp-python {getattr(sys.modules.get('llama_cpp'), '__version__', '?')} "
+          f"(CPU) through ggc's LlamaSession: n_ctx {o.n_ctx}, n_batch = n_ubatch {o.n_batch}, n_threads "
+          f"{o.n_threads}, flash_attn {o.flash_attn}, kv {o.type_k}/{o.type_v}, offload_kqv 0, "
+          f"prompt {len(prompt)} tokens, n_predict {a.n}")
+    print(f"# system: {ll.llama_print_system_info().decode(errors='replace')}")
+    # the reference of `ggc run --check` itself (ggc/cli.py _check)
+    for i, logits in enumerate(greedy_logits(a.model, prompt, a.n, a.ctx, a.batch)):
+        y, ly, z, lz = top2(list(logits))
+        print(f"{i} {y} {ly:.6f} {z} {lz:.6f}", flush=True)
     return 0
 
 

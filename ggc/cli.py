@@ -249,20 +249,13 @@ def _check(a: argparse.Namespace, path: Path, prompt: list[int], ours: list[int]
     """Greedy tokens from llama.cpp itself, on the same prompt split into the same batches."""
     import numpy as np
 
-    from .capture.llama import LlamaSession, SessionOptions
+    from .llm.reference import greedy_logits
 
     if a.temp > 0:
         raise GgcError("--check compares greedy decoding: drop --temp")
-    with LlamaSession(path, SessionOptions(n_ctx=a.ctx, n_batch=a.batch)) as s:
-        pos = 0
-        while len(prompt) - pos >= a.batch and a.batch > 1:
-            s.decode(prompt[pos : pos + a.batch], pos)
-            pos += a.batch
-        for tok in prompt[pos:]:
-            s.decode([tok], pos)
-            pos += 1
-        for i, x in enumerate(ours):
-            logits = s.logits()
+    ref = greedy_logits(path, prompt, len(ours), a.ctx, a.batch)
+    try:
+        for i, (x, logits) in enumerate(zip(ours, ref)):
             y = int(np.argmax(logits))
             if x != y:
                 # how close llama.cpp's own logits are for the two picks: a near-tie is numerics, a wide
@@ -271,9 +264,8 @@ def _check(a: argparse.Namespace, path: Path, prompt: list[int], ours: list[int]
                       f"{y} at {logits[y]:.4f}, {x} at {logits[x]:.4f}, {logits[y] - logits[x]:.4f} apart)",
                       file=sys.stderr)
                 return 1
-            if i + 1 < len(ours):
-                s.decode([y], pos)
-                pos += 1
+    finally:
+        ref.close()
     print(f"check: all {len(ours)} generated tokens equal llama.cpp's greedy tokens")
     return 0
 
