@@ -82,6 +82,7 @@ struct Args {
     const int *tile_off;
     unsigned *bar; /* [NL][5] */
     int depth, wait;
+    int barmode;    /* see arrive */
     int flags;      /* barriers as one flag a block (release stores, a warp polls them) instead of a counter */
     unsigned *flag; /* [NL * 5][grid] */
     int kvpre;      /* attention's K and V slice loaded (cp.async) at the layer's start, before its barriers */
@@ -125,18 +126,28 @@ __device__ __forceinline__ void flag_wait(unsigned *f) {
     }
     __syncthreads();
 }
-__device__ __forceinline__ void arrive(unsigned *c) {
+/* barmode 0: fence, then a relaxed atomic add; pollers spin on acquire loads. 1: the same, pollers back off
+ * (__nanosleep) between loads. 2: a release reduction (red.release.gpu) instead of fence + atomic, and backing
+ * off. */
+__device__ __forceinline__ void arrive(unsigned *c, int mode) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(c, 1u);
+        if (mode == 2) {
+            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(c) : "memory");
+        } else {
+            __threadfence();
+            atomicAdd(c, 1u);
+        }
     }
 }
 __device__ __forceinline__ void wait_all(const Args &a, unsigned *c) {
     if (a.wait && threadIdx.x == 0) {
         unsigned v;
-        do asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(c) : "memory");
-        while (v < gridDim.x);
+        while (true) {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(c) : "memory");
+            if (v >= gridDim.x) break;
+            if (a.barmode) __nanosleep(64);
+        }
     }
     __syncthreads();
 }
@@ -425,7 +436,7 @@ __global__ void __launch_bounds__(THREADS, 1) k_step(const Args a) {
     };
     auto sync_arrive = [&](int i) {
         if (a.flags) flag_arrive(a.flag + (size_t)i * gridDim.x);
-        else arrive(a.bar + i);
+        else arrive(a.bar + i, a.barmode);
     };
     auto sync_wait = [&](int i) {
         if (!a.wait) __syncthreads();
@@ -650,7 +661,8 @@ int main() {
     CK(cudaMalloc(&a.attn, H * 4));
     CK(cudaMalloc(&a.headcnt, NL * NH * 4));
     auto run = [&](bool stream, int depth, int wait, std::vector<float> *out, int skip = 0, int flags = 0,
-                   int kvpre = 0, int merge1 = 0) {
+                   int kvpre = 0, int merge1 = 0, int barmode = 0) {
+        a.barmode = barmode;
         a.kvpre = kvpre;
         a.merge1 = merge1;
         a.depth = depth;
@@ -675,8 +687,9 @@ int main() {
         }
         std::sort(ts.begin(), ts.end());
         const float us = ts[ts.size() / 2] * 1000.0f;
-        char what[96];
-        snprintf(what, sizeof what, "%s%s%s%s%s", merge1 ? "[merged once] " : "", flags ? "[flags] " : "",
+        char what[128];
+        snprintf(what, sizeof what, "%s%s%s%s%s%s", barmode == 1 ? "[backoff] " : barmode == 2 ? "[red.release] " : "",
+                 merge1 ? "[merged once] " : "", flags ? "[flags] " : "",
                  kvpre ? "[K/V ahead] " : "", stream ? "streaming only (k_stream)" : wait ? "persistent step (k_step)" : "k_step without barrier waits",
                  skip == 1 ? ", no attention" : skip == 2 ? ", no norms" : skip == 4 ? ", no product math" : skip == 8 ? ", no h fetch" : skip == 15 ? ", barriers + streaming" : "");
         printf("%-50s depth %d: %8.1f us a step, %6.2f us a layer, %5.0f GB/s of weights\n", what, depth, us, us / NL,
@@ -699,6 +712,11 @@ int main() {
     std::vector<float> r4, r5;
     for (int d : {2, 3}) run(false, d, 1, d == 3 ? &r4 : nullptr, 0, 0, 1);
     run(false, 3, 1, &r5, 0, 0, 1, 1);
+    std::vector<float> r6;
+    run(false, 3, 1, nullptr, 0, 0, 1, 1, 1);
+    run(false, 3, 1, &r6, 0, 0, 1, 1, 2);
+    run(false, 3, 1, nullptr, 15, 0, 0, 0, 1);
+    run(false, 3, 1, nullptr, 15, 0, 0, 0, 2);
     {
         /* where one layer's time goes, block by block: each phase's end as the median, the last and the first
          * block reach it, in us after the first block started the layer */
@@ -730,6 +748,7 @@ int main() {
         finite = finite && std::isfinite(v);
         norm += (double)v * v;
     }
+    if (memcmp(r5.data(), r6.data(), H * 4) != 0) printf("check: red.release barriers gave a DIFFERENT residual\n");
     double dmax = 0.0;
     for (int i = 0; i < H; i++) dmax = std::max(dmax, (double)fabsf(r1[i] - r5[i]) / (fabsf(r1[i]) + 1e-3));
     printf("check: residual after the step %s across runs (%s with flag barriers, %s with K/V ahead, merged once: "
